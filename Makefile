@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make run` (the whole pipeline on the bundled sample) and `make test`.
+# Both create the virtualenv once (.venv) and reuse it afterwards.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export HMPCL_DATA_ROOT ?= $(CURDIR)/data
+export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+
+.PHONY: setup run test dev mlflow bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## Materialize every asset on the generated sample corpus (prints the model comparison table at the end).
+run: setup
+	$(PY) -m pipelines.run_sample
+
+## Run the test suite (what CI runs).
+test: setup
+	$(PY) -m pytest -q
+
+## Open the Dagster UI on http://127.0.0.1:3000
+dev: setup
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+## Open the MLflow UI on http://127.0.0.1:5000
+mlflow: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+bench: setup
+	$(PY) benchmarks/loss_bench.py
+	$(PY) benchmarks/search_bench.py --skip-1m
+
+clean:
+	rm -rf data .dagster mlflow.db mlartifacts

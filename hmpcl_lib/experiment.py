@@ -1,0 +1,139 @@
+"""Tracked experiments: train → log to MLflow, and embed → benchmark → log, as plain functions.
+
+The Dagster assets and the Pipes training script both call these, so a run looks the same in MLflow whether it was
+launched from the UI, a schedule, a subprocess or a Kubernetes pod. A run is keyed by a fingerprint of its config
+and input tables: asking again for the same thing returns the finished run instead of training a duplicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from hmpcl_lib import tracking
+from hmpcl_lib.io import file_sha256
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    run_id: str
+    model_uri: str
+    checkpoint: str
+    fingerprint: str
+    reused: bool
+    final_loss: float | None
+    variant: str
+    params: dict = dataclasses.field(default_factory=dict)
+
+
+def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
+    """The training split of the hierarchy table (what the encoder may see)."""
+    train_ids = splits.filter(pl.col("split") == "train").select("drawing_id")
+    return hierarchy.join(train_ids, on="drawing_id", how="semi").sort("drawing_id")
+
+
+def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, out_dir: str | Path,
+                  cfg: tracking.TrackingConfig, variant: str | None = None,
+                  on_metrics: MetricsCallback | None = None, reuse: bool = True) -> TrainedModel:
+    """Train an encoder on the train split and log params, metrics, checkpoint and model to one MLflow run."""
+    import mlflow
+
+    from hmpcl_lib.training import train
+
+    variant = variant or config.loss
+    params = dataclasses.asdict(config)
+    fp = tracking.fingerprint("train", params, file_sha256(hierarchy_path), file_sha256(splits_path))
+    if reuse and (run := tracking.find_run(cfg, fp)) is not None:
+        log.info("reusing finished MLflow run %s (same config and data, fingerprint %s)", run.info.run_id, fp)
+        return TrainedModel(run.info.run_id, run.data.tags.get("hmpcl.model_uri", f"runs:/{run.info.run_id}/model"),
+                            run.data.tags.get("hmpcl.checkpoint", ""), fp, True,
+                            run.data.metrics.get("final_loss"), variant, params)
+
+    hierarchy = pl.read_parquet(hierarchy_path)
+    splits = pl.read_parquet(splits_path)
+    rows = train_rows(hierarchy, splits)
+    out_dir = Path(out_dir) / fp
+    with tracking.start_run(cfg, run_name=f"train-{variant}", fp=fp,
+                            tags={"hmpcl.stage": "train", "hmpcl.variant": variant}) as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_params({"train_drawings": rows.height, "train_patents": rows["patent_id"].n_unique()})
+
+        def log_step(step: int, metrics: dict) -> None:
+            tracking.log_metrics_safe(metrics, step=step)
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+
+        result = train(config, rows, out_dir, on_metrics=log_step)
+        final_loss = next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)
+        if final_loss is not None:
+            mlflow.log_metric("final_loss", final_loss)
+        mlflow.log_artifact(str(result.checkpoint_path), artifact_path="checkpoints")
+        model_uri = tracking.log_encoder(result.model)
+        mlflow.set_tags({"hmpcl.model_uri": model_uri, "hmpcl.checkpoint": str(result.checkpoint_path)})
+        return TrainedModel(run.info.run_id, model_uri, str(result.checkpoint_path), fp, False, final_loss, variant,
+                            params)
+
+
+def load_model(model_uri: str, cfg: tracking.TrackingConfig):
+    import mlflow.pytorch
+
+    tracking.client(cfg)
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+def log_benchmark(result, run_id: str | None, cfg: tracking.TrackingConfig, name: str) -> dict[str, float]:
+    """Log the overall metrics (and per-class ones as `class_XX.<metric>`) plus the table as a Parquet artifact."""
+    import mlflow
+
+    overall = overall_metrics(result.metrics)
+    if run_id is None:
+        return overall
+    tracking.client(cfg)
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_metrics_safe(overall)
+        per_class = result.metrics.filter(pl.col("scope") != "all")
+        for row in per_class.iter_rows(named=True):
+            tracking.log_metrics_safe({f"class_{row['scope']}.{k}": v for k, v in row.items()
+                                       if k not in ("scope",) and isinstance(v, (int, float))})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.parquet"
+            result.metrics.write_parquet(path)
+            mlflow.log_artifact(str(path), artifact_path="benchmark")
+    return overall
+
+
+def overall_metrics(metrics: pl.DataFrame) -> dict[str, float]:
+    row = metrics.filter(pl.col("scope") == "all").row(0, named=True)
+    return {k: float(v) for k, v in row.items() if k != "scope" and v is not None}
+
+
+def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
+    """Hierarchy rows of the test split (queries and gallery)."""
+    ids = splits.filter(pl.col("split") == "test").select("drawing_id")
+    return hierarchy.join(ids, on="drawing_id", how="semi").sort("drawing_id")
+
+
+def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64):
+    """Embed the test drawings with `model` and run the SPEC's benchmark on them."""
+    from hmpcl_lib.embedding import embed_paths
+    from hmpcl_lib.evaluation import benchmark_embeddings
+
+    rows = test_rows(hierarchy, splits)
+    vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size)
+    return benchmark_embeddings((rows["drawing_id"].to_numpy(), vectors), hierarchy, splits)
+
+
+def comparison_table(results: dict[str, object]) -> pl.DataFrame:
+    """One row per variant with the overall metrics, in the order given."""
+    rows = [{"model": name, **overall_metrics(r.metrics)} for name, r in results.items()]
+    return pl.DataFrame(rows)

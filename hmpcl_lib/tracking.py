@@ -1,0 +1,184 @@
+"""MLflow helpers: one experiment, runs keyed by a content fingerprint, a registry with a `champion` alias.
+
+Why fingerprints: re-materializing an asset with the same inputs and config must not create a second run or a
+second registry version, so every run carries a `hmpcl.fingerprint` tag and is looked up before training.
+mlflow is imported lazily so the torch core stays importable without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+CHAMPION = "champion"
+FINGERPRINT_TAG = "hmpcl.fingerprint"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "hmpcl"
+    registered_model: str = "hmpcl-encoder"
+    artifact_root: str = "mlartifacts"
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of JSON-able parts (configs, table hashes)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def client(cfg: TrackingConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+
+
+def experiment_id(cfg: TrackingConfig) -> str:
+    """Get or create the experiment, with artifacts in `artifact_root` (not the deprecated ./mlruns default)."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(cfg.artifact_root).expanduser().resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return c.create_experiment(cfg.experiment, artifact_location=location.as_uri())
+
+
+def find_run(cfg: TrackingConfig, fp: str, status: str = "FINISHED"):
+    """The newest run of the experiment tagged with fingerprint `fp` (and `status`), or None."""
+    c = client(cfg)
+    runs = c.search_runs(
+        [experiment_id(cfg)],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' and attributes.status = '{status}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+@contextlib.contextmanager
+def start_run(cfg: TrackingConfig, run_name: str, fp: str | None = None, tags: dict[str, str] | None = None,
+              nested: bool = False) -> Iterator[Any]:
+    """Start (and end) an MLflow run in the project experiment; a failure marks the run FAILED."""
+    import mlflow
+
+    exp = experiment_id(cfg)
+    all_tags = dict(tags or {})
+    if fp:
+        all_tags[FINGERPRINT_TAG] = fp
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=all_tags, nested=nested) as run:
+        yield run
+
+
+def log_metrics_safe(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log only finite numeric metrics (MLflow rejects NaN in some stores; NaN means 'not defined' here)."""
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_encoder(model, name: str = "model") -> str:
+    """Log a torch encoder to the active run; returns a URI `mlflow.pytorch.load_model` accepts."""
+    import mlflow
+    import mlflow.pytorch
+
+    code = str(Path(__file__).resolve().parent)  # ship hmpcl_lib so the pickled Encoder class loads anywhere
+    info = mlflow.pytorch.log_model(model.cpu().eval(), name=name, code_paths=[code])
+    return info.model_uri
+
+
+def run_url(cfg: TrackingConfig, run_id: str) -> str:
+    return f"{cfg.ui_url}/#/experiments/{experiment_id(cfg)}/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    promoted: bool
+    reason: str
+    champion_version: str | None
+    champion_value: float | None
+    candidate_value: float
+
+
+def registered_version_for_run(cfg: TrackingConfig, run_id: str):
+    c = client(cfg)
+    try:
+        found = c.search_model_versions(f"name='{cfg.registered_model}' and run_id='{run_id}'")
+    except Exception:  # registry has no such model yet
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def current_champion(cfg: TrackingConfig):
+    c = client(cfg)
+    try:
+        return c.get_model_version_by_alias(cfg.registered_model, CHAMPION)
+    except Exception:  # no registered model or no alias yet
+        return None
+
+
+def register(cfg: TrackingConfig, run_id: str, model_uri: str, tags: dict[str, str]) -> Any:
+    """Register the run's model once: an existing version for the same run is reused, not duplicated."""
+    import mlflow
+
+    existing = registered_version_for_run(cfg, run_id)
+    if existing is not None:
+        return existing
+    client(cfg)
+    return mlflow.register_model(model_uri, cfg.registered_model, tags=tags)
+
+
+def decide_promotion(candidate_value: float, champion_value: float | None, champion_version: str | None,
+                     min_improvement: float = 0.0) -> tuple[bool, str]:
+    """Pure rule: promote when there is no champion, or the candidate beats it on the same test split."""
+    if champion_version is None or champion_value is None:
+        return True, "no champion yet"
+    if candidate_value > champion_value + min_improvement:
+        return True, f"patent mAP {candidate_value:.4f} beats champion v{champion_version} ({champion_value:.4f})"
+    return False, f"patent mAP {candidate_value:.4f} does not beat champion v{champion_version} ({champion_value:.4f})"
+
+
+def promote_if_better(cfg: TrackingConfig, version: str, candidate_value: float, champion_value: float | None,
+                      metric: str = "patent_map") -> PromotionDecision:
+    """Move the `champion` alias to `version` only if it wins; the decision is recorded as version tags."""
+    c = client(cfg)
+    champ = current_champion(cfg)
+    champ_version = None if champ is None else str(champ.version)
+    if champ_version == str(version):
+        decision = PromotionDecision(str(version), False, "already champion", champ_version, champion_value, candidate_value)
+    else:
+        promoted, reason = decide_promotion(candidate_value, champion_value, champ_version)
+        if promoted:
+            c.set_registered_model_alias(cfg.registered_model, CHAMPION, str(version))
+        decision = PromotionDecision(str(version), promoted, reason, champ_version, champion_value, candidate_value)
+    c.set_model_version_tag(cfg.registered_model, str(version), f"{metric}", f"{candidate_value:.6f}")
+    c.set_model_version_tag(cfg.registered_model, str(version), "promotion_decision", decision.reason)
+    return decision
+
+
+def recent_runs(cfg: TrackingConfig, last: int = 5, filter_string: str = ""):
+    """The last `last` runs of the experiment as a polars DataFrame (params, metrics, tags flattened)."""
+    import polars as pl
+
+    c = client(cfg)
+    runs = c.search_runs([experiment_id(cfg)], filter_string=filter_string,
+                         order_by=["attributes.start_time DESC"], max_results=last)
+    rows = []
+    for r in runs:
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+               "start_time": r.info.start_time}
+        row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+        row.update({f"params.{k}": v for k, v in r.data.params.items()})
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame({"run_id": []}, schema={"run_id": pl.Utf8})

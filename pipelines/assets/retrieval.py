@@ -1,0 +1,245 @@
+"""Retrieval assets: corpus embeddings, the search index, the benchmark, the registry champion, the comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from hmpcl_lib import tracking
+from hmpcl_lib.experiment import (TrainedModel, comparison_table, evaluate_model, load_model, log_benchmark,
+                                  overall_metrics, train_tracked)
+from hmpcl_lib.io import file_sha256
+from pipelines.metadata import image_markdown, markdown_table, table_metadata
+from pipelines.resources import DataStore, MlflowTracking
+
+HEADLINE = ["patent_map", "patent_recall_at_1", "patent_recall_at_5", "patent_recall_at_10", "patent_mrr_at_10",
+            "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"]
+
+
+def _clean(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _image_size(model: TrainedModel) -> int:
+    return int(model.params.get("image_size", 128))
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    path: str
+    run_id: str
+    rows: int
+    dim: int
+
+
+@dg.asset(group_name="retrieval", pool="gpu", kinds={"pytorch", "parquet"})
+def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
+                      mlflow_tracking: MlflowTracking) -> dg.Output[Embeddings]:
+    """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""
+    from hmpcl_lib.embedding import embed_table, write_embeddings
+
+    hier = pl.read_parquet(store.hierarchy_path)
+    model = load_model(trained_encoder.model_uri, mlflow_tracking.config)
+    table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=_image_size(trained_encoder))
+    path = write_embeddings(table, store.embeddings_path(trained_encoder.run_id))
+    dim = table.schema.field("embedding").type.list_size
+    value = Embeddings(str(path), trained_encoder.run_id, table.num_rows, dim)
+    return dg.Output(value, metadata={"dagster/row_count": table.num_rows, "dim": dim,
+                                      "path": dg.MetadataValue.path(str(path)),
+                                      "mlflow_run_id": trained_encoder.run_id})
+
+
+@dg.asset(group_name="retrieval", kinds={"faiss"})
+def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddings,
+                  store: DataStore) -> dg.Output[str]:
+    """A FAISS inner-product index over the whole corpus: what `hmpcl-search` queries."""
+    from hmpcl_lib.embedding import read_embeddings
+    from hmpcl_lib.index import VectorIndex
+
+    ids, vectors = read_embeddings(corpus_embeddings.path)
+    index = VectorIndex.build(ids, vectors)
+    out = store.index_dir(corpus_embeddings.run_id)
+    index.save(out)
+    return dg.Output(str(out), metadata={"vectors": len(ids), "kind": index.kind, "path": dg.MetadataValue.path(str(out))})
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    run_id: str
+    metrics_path: str
+    overall: dict
+    split_fingerprint: str
+
+
+def _plots(result, name: str, out: Path) -> dict[str, Path]:
+    from hmpcl_lib import plots
+    from hmpcl_lib.evaluation import recall_at_k_curve
+
+    ks, values = recall_at_k_curve(result)
+    files = {"recall_curve": out / f"{name}_recall_at_k.png", "per_class_map": out / f"{name}_per_class_map.png"}
+    plots.recall_curve_png({name: (ks, values)}, files["recall_curve"])
+    plots.per_class_bar_png({name: result.metrics}, "patent_map", files["per_class_map"])
+    return files
+
+
+def _query_grids(result, hierarchy: pl.DataFrame, out: Path, n: int = 3, k: int = 8) -> list[Path]:
+    """Query + top-k thumbnails for the first few test queries."""
+    from hmpcl_lib import plots
+
+    paths = dict(zip(hierarchy["drawing_id"].to_list(), hierarchy["image_path"].to_list()))
+    meta = hierarchy.select("drawing_id", "patent_id", "class_code", "subclass_code")
+    grids = []
+    for q in range(min(n, len(result.queries))):
+        qid = result.queries["drawing_id"][q]
+        ids = [i for i in result.ranking_ids[q][:k] if i is not None]
+        res = pl.DataFrame({"rank": list(range(1, len(ids) + 1)), "drawing_id": ids,
+                            "score": [float(s) for s in result.ranking_scores[q][:len(ids)]]})
+        res = res.join(meta, on="drawing_id", how="left").with_columns(
+            pl.col("drawing_id").replace_strict(paths, default=None).alias("image_path")).sort("rank")
+        png = out / f"query_{q}_{qid}.png"
+        plots.results_grid_png(paths[qid], res, png, query_patent=result.queries["patent_id"][q])
+        grids.append(png)
+    return grids
+
+
+@dg.asset(group_name="retrieval", kinds={"mlflow"})
+def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
+                        corpus_embeddings: Embeddings, store: DataStore,
+                        mlflow_tracking: MlflowTracking) -> dg.Output[Benchmark]:
+    """SPEC metrics (patent mAP, R@k, MRR@10, subclass/class mAP@100, graded nDCG@10), overall and per main class,
+    logged to the model's MLflow run with plots and query/top-k grids."""
+    import mlflow
+
+    from hmpcl_lib.embedding import read_embeddings
+    from hmpcl_lib.evaluation import benchmark_embeddings
+
+    cfg = mlflow_tracking.config
+    hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+    result = benchmark_embeddings(read_embeddings(corpus_embeddings.path), hier, spl)
+    overall = log_benchmark(result, trained_encoder.run_id, cfg, "retrieval_benchmark")
+    path = store.base / "benchmarks" / f"{trained_encoder.run_id}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.metrics.write_parquet(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        files = _plots(result, trained_encoder.variant, out)
+        grids = _query_grids(result, hier, out)
+        with mlflow.start_run(run_id=trained_encoder.run_id):
+            for f in [*files.values(), *grids]:
+                mlflow.log_artifact(str(f), artifact_path="plots")
+        plot_meta = {k: image_markdown(k, v) for k, v in files.items()}
+        if grids:
+            plot_meta["query_topk"] = image_markdown("query and top-k (green = same patent)", grids[0])
+    value = Benchmark(trained_encoder.run_id, str(path), overall, file_sha256(store.splits_path))
+    return dg.Output(value, metadata={
+        **{k: dg.MetadataValue.float(overall[k]) for k in HEADLINE if k in overall},
+        "n_queries": int(overall.get("n_queries", 0)),
+        "n_excluded_queries": int(overall.get("n_excluded", 0)),
+        "metrics": dg.MetadataValue.md(markdown_table(result.metrics, max_rows=50)),
+        "mlflow_run": dg.MetadataValue.url(tracking.run_url(cfg, trained_encoder.run_id)),
+        **plot_meta,
+    })
+
+
+@dg.asset(group_name="retrieval", kinds={"mlflow"})
+def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
+                   retrieval_benchmark: Benchmark, store: DataStore,
+                   mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """Registers the trained encoder; the `champion` alias moves to it only if it beats the current champion on
+    patent-level mAP on the same test split (the champion is re-scored when the split changed)."""
+    cfg = mlflow_tracking.config
+    version = tracking.register(cfg, trained_encoder.run_id, trained_encoder.model_uri,
+                                tags={"split_fingerprint": retrieval_benchmark.split_fingerprint,
+                                      "loss": trained_encoder.variant})
+    candidate = retrieval_benchmark.overall["patent_map"]
+    champ = tracking.current_champion(cfg)
+    champ_value = None
+    if champ is not None and str(champ.version) != str(version.version):
+        if champ.tags.get("split_fingerprint") == retrieval_benchmark.split_fingerprint and "patent_map" in champ.tags:
+            champ_value = float(champ.tags["patent_map"])
+        else:  # different test split: score the champion on this one so the comparison is fair
+            context.log.info(f"re-scoring champion v{champ.version} on the current test split")
+            model = load_model(f"models:/{cfg.registered_model}/{champ.version}", cfg)
+            hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+            champ_value = overall_metrics(evaluate_model(model, hier, spl, _image_size(trained_encoder)).metrics)["patent_map"]
+    decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
+    client = tracking.client(cfg)
+    client.set_model_version_tag(cfg.registered_model, str(version.version), "split_fingerprint",
+                                 retrieval_benchmark.split_fingerprint)
+    context.log.info(f"champion decision for v{version.version}: {decision.reason}")
+    return dg.MaterializeResult(metadata=_clean({
+        "registered_model": cfg.registered_model,
+        "version": str(version.version),
+        "promoted": decision.promoted,
+        "decision": decision.reason,
+        "previous_champion": decision.champion_version,
+        "candidate_patent_map": dg.MetadataValue.float(candidate),
+        "load_with": dg.MetadataValue.md(
+            f"`mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@champion\")`"),
+    }))
+
+
+@dg.asset(group_name="retrieval", pool="gpu", kinds={"pytorch", "mlflow"})
+def model_comparison(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
+                     retrieval_benchmark: Benchmark, store: DataStore,
+                     mlflow_tracking: MlflowTracking) -> dg.Output[pl.DataFrame]:
+    """Pretrained-only vs baseline loss vs hierarchical loss on the same split and seed, as a table in Dagster and
+    MLflow. The trained encoder's own benchmark is reused; the other variants are trained/evaluated here."""
+    import mlflow
+
+    from hmpcl_lib.models import build_encoder
+    from hmpcl_lib.training import TrainConfig
+
+    cfg = mlflow_tracking.config
+    hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+    train_cfg = TrainConfig(**{k: v for k, v in trained_encoder.params.items()
+                               if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    size = train_cfg.image_size
+    results = {}
+    context.log.info("evaluating the pretrained backbone without fine-tuning")
+    pretrained = build_encoder(train_cfg.backbone, embed_dim=None, weights=train_cfg.weights)
+    results["pretrained"] = evaluate_model(pretrained, hier, spl, size)
+    for loss in ("baseline", "hierarchical"):
+        if loss == trained_encoder.variant:
+            model = load_model(trained_encoder.model_uri, cfg)
+        else:
+            context.log.info(f"training the {loss} variant with the same config and seed")
+            other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.hierarchy_path, store.splits_path,
+                                  store.models_dir, cfg, variant=loss)
+            model = load_model(other.model_uri, cfg)
+        results[loss] = evaluate_model(model, hier, spl, size)
+    table = comparison_table(results)
+    md = markdown_table(table)
+    context.log.info("model comparison on the test split:\n" + md)
+
+    fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.splits_path))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        from hmpcl_lib import plots
+        from hmpcl_lib.evaluation import recall_at_k_curve
+
+        curves = {name: recall_at_k_curve(r) for name, r in results.items()}
+        recall_png, bar_png = out / "recall_at_k.png", out / "per_class_class_map.png"
+        plots.recall_curve_png(curves, recall_png)
+        plots.per_class_bar_png({n: r.metrics for n, r in results.items()}, "class_map_at_100", bar_png)
+        (out / "comparison.md").write_text(md + "\n")
+        table.write_parquet(out / "comparison.parquet")
+        existing = tracking.find_run(cfg, fp)
+        run_ctx = (mlflow.start_run(run_id=existing.info.run_id) if existing is not None
+                   else tracking.start_run(cfg, "model-comparison", fp=fp, tags={"hmpcl.stage": "comparison"}))
+        with run_ctx as run:
+            for row in table.iter_rows(named=True):
+                tracking.log_metrics_safe({f"{row['model']}.{k}": v for k, v in row.items() if k in HEADLINE})
+            for f in out.iterdir():
+                mlflow.log_artifact(str(f), artifact_path="comparison")
+            run_id = run.info.run_id
+        meta = {"comparison": dg.MetadataValue.md(md),
+                "recall_at_k": image_markdown("Recall@k", recall_png),
+                "per_class_class_map": image_markdown("class mAP@100 per main class", bar_png),
+                "mlflow_run": dg.MetadataValue.url(tracking.run_url(cfg, run_id))}
+    return dg.Output(table, metadata={**meta, **table_metadata(table)})

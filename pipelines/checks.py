@@ -1,0 +1,110 @@
+"""Asset checks. Blocking ones stop bad data from flowing on; warnings flag a weak model without stopping."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from hmpcl_lib import quality, schemas
+from hmpcl_lib.embedding import read_embeddings
+from hmpcl_lib.hierarchy import lic_coverage
+from pipelines.assets.data import lic_hierarchy, splits
+from pipelines.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, model_comparison, retrieval_benchmark
+from pipelines.resources import DataStore
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+def _examples(values: list, n: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.json([str(v) for v in values[:n]])
+
+
+@dg.asset_check(asset=lic_hierarchy, blocking=True)
+def hierarchy_schema_and_counts(store: DataStore) -> dg.AssetCheckResult:
+    """The table has the documented schema, rows, and at least two main classes to learn a hierarchy from."""
+    df = pl.read_parquet(store.hierarchy_path)
+    problems = quality.schema_differences(df, schemas.LIC_HIERARCHY)
+    if df.height == 0:
+        problems.append("no rows")
+    if df["class_code"].n_unique() < 2:
+        problems.append("fewer than 2 main classes")
+    return dg.AssetCheckResult(passed=not problems, severity=ERROR,
+                               metadata={"problems": _examples(problems), "rows": df.height})
+
+
+@dg.asset_check(asset=lic_hierarchy, blocking=True)
+def unique_drawing_ids(store: DataStore) -> dg.AssetCheckResult:
+    df = pl.read_parquet(store.hierarchy_path, columns=["drawing_id"])
+    dups = quality.duplicate_values(df, "drawing_id")
+    return dg.AssetCheckResult(passed=not dups, severity=ERROR,
+                               metadata={"duplicates": len(dups), "examples": _examples(dups)})
+
+
+@dg.asset_check(asset=lic_hierarchy, blocking=True)
+def images_exist(store: DataStore) -> dg.AssetCheckResult:
+    """Every drawing's image is on disk (a seeded sample of 20k rows on large corpora)."""
+    paths = pl.read_parquet(store.hierarchy_path, columns=["image_path"])["image_path"].to_list()
+    missing, checked = quality.missing_files(paths)
+    return dg.AssetCheckResult(passed=not missing, severity=ERROR,
+                               metadata={"checked": checked, "missing": len(missing), "examples": _examples(missing)})
+
+
+@dg.asset_check(asset=lic_hierarchy, blocking=True)
+def lic_coverage_ratio(store: DataStore) -> dg.AssetCheckResult:
+    """Share of parsed drawings that got a Locarno code is at least `DataStore.min_lic_coverage`."""
+    drawings = pl.read_parquet(sorted((store.base / "parsed" / "drawings").glob("year=*.parquet")),
+                               columns=["drawing_id"])
+    coverage = lic_coverage(drawings, pl.read_parquet(store.hierarchy_path, columns=["drawing_id"]))
+    return dg.AssetCheckResult(passed=coverage >= store.min_lic_coverage, severity=ERROR,
+                               metadata={"coverage": dg.MetadataValue.float(coverage),
+                                         "threshold": dg.MetadataValue.float(store.min_lic_coverage)})
+
+
+@dg.asset_check(asset=splits, blocking=True)
+def no_patent_in_two_splits(store: DataStore) -> dg.AssetCheckResult:
+    leaks = quality.leaking_patents(pl.read_parquet(store.splits_path))
+    return dg.AssetCheckResult(passed=not leaks, severity=ERROR,
+                               metadata={"leaking_patents": len(leaks), "examples": _examples(leaks)})
+
+
+@dg.asset_check(asset=splits, blocking=True)
+def test_split_has_queries(store: DataStore) -> dg.AssetCheckResult:
+    """One query per test patent, and at least one query with a relevant gallery item to evaluate."""
+    df = pl.read_parquet(store.splits_path).filter(pl.col("split") == "test")
+    per_patent = df.group_by("patent_id").agg((pl.col("role") == "query").sum().alias("q"), pl.len().alias("n"))
+    bad = per_patent.filter(pl.col("q") != 1)["patent_id"].to_list()
+    usable = per_patent.filter(pl.col("n") > 1).height
+    return dg.AssetCheckResult(passed=not bad and usable > 0, severity=ERROR,
+                               metadata={"test_patents": per_patent.height, "evaluable_queries": usable,
+                                         "patents_without_one_query": _examples(bad)})
+
+
+@dg.asset_check(asset=corpus_embeddings, blocking=True)
+def embeddings_finite_and_normalised(corpus_embeddings: Embeddings) -> dg.AssetCheckResult:
+    _, vectors = read_embeddings(corpus_embeddings.path)
+    problems = quality.embedding_problems(vectors)
+    return dg.AssetCheckResult(passed=problems["non_finite_rows"] == 0 and problems["bad_norm_rows"] == 0,
+                               severity=ERROR, metadata=problems)
+
+
+@dg.asset_check(asset=retrieval_benchmark, blocking=True)
+def metrics_in_unit_range(retrieval_benchmark: Benchmark) -> dg.AssetCheckResult:
+    bad = quality.metrics_out_of_range(retrieval_benchmark.overall)
+    return dg.AssetCheckResult(passed=not bad and retrieval_benchmark.overall.get("n_queries", 0) > 0,
+                               severity=ERROR, metadata={"out_of_range": dg.MetadataValue.json(bad)})
+
+
+@dg.asset_check(asset=model_comparison)
+def fine_tuning_beats_pretrained(model_comparison: pl.DataFrame) -> dg.AssetCheckResult:
+    """Warn when a fine-tuned model is worse than the untouched pretrained backbone on patent-level mAP."""
+    by_model = {r["model"]: r["patent_map"] for r in model_comparison.iter_rows(named=True)}
+    base = by_model.get("pretrained")
+    worse = {m: v for m, v in by_model.items() if m != "pretrained" and base is not None and v < base}
+    return dg.AssetCheckResult(passed=not worse, severity=WARN,
+                               metadata={"patent_map": dg.MetadataValue.json(by_model),
+                                         "worse_than_pretrained": dg.MetadataValue.json(worse)})
+
+
+ALL_CHECKS = [hierarchy_schema_and_counts, unique_drawing_ids, images_exist, lic_coverage_ratio,
+              no_patent_in_two_splits, test_split_has_queries, embeddings_finite_and_normalised,
+              metrics_in_unit_range, fine_tuning_beats_pretrained]

@@ -1,0 +1,52 @@
+"""Dagster metadata for tables and runs: row count, column schema, a markdown preview, links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+
+def markdown_table(df: pl.DataFrame, max_rows: int = 10, float_digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table of the first rows (what the Dagster UI renders inline)."""
+    head = df.head(max_rows)
+
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.{float_digits}f}"
+        text = str(v).replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
+    return "\n".join(lines)
+
+
+def table_metadata(df: pl.DataFrame, path: Path | None = None, preview_rows: int = 5) -> dict:
+    meta = {
+        "dagster/row_count": dg.MetadataValue.int(df.height),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in df.schema.items()]
+        ),
+        "preview": dg.MetadataValue.md(markdown_table(df, preview_rows)),
+    }
+    if path is not None:
+        meta["path"] = dg.MetadataValue.path(str(path))
+    return meta
+
+
+def counts_markdown(df: pl.DataFrame, by: str) -> str:
+    if df.height == 0:
+        return "(none)"
+    return markdown_table(df.group_by(by).len().sort("len", descending=True), max_rows=50)
+
+
+def image_markdown(title: str, png: Path) -> dg.MetadataValue:
+    """Inline PNG as a data URI so the plot shows in the asset's metadata without a file server."""
+    import base64
+
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{data})")

@@ -1,0 +1,110 @@
+"""Resources: where files live (DataStore) and where runs are tracked (MlflowTracking).
+
+Defaults come from environment variables so the same definitions serve the bundled sample, a workstation with real
+DeepPatent2 and a cluster: HMPCL_DATA_ROOT, HMPCL_SOURCE (sample | deeppatent2), HMPCL_USPTO_XML_DIR,
+MLFLOW_TRACKING_URI, HMPCL_MLFLOW_ARTIFACTS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from hmpcl_lib.tracking import TrackingConfig
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+class DataStore(dg.ConfigurableResource):
+    """The data root and the source feeding it: the generated sample or real DeepPatent2 + USPTO grant XML."""
+
+    root: str = Field(default_factory=lambda: _env("HMPCL_DATA_ROOT", "data"))
+    source: str = Field(default_factory=lambda: _env("HMPCL_SOURCE", "sample"),
+                        description="'sample' (generated, offline) or 'deeppatent2' (Harvard Dataverse)")
+    dataverse_url: str = "https://dataverse.harvard.edu"
+    doi: str = "doi:10.7910/DVN/UG4SBD"
+    uspto_xml_dir: str = Field(default_factory=lambda: _env("HMPCL_USPTO_XML_DIR", ""),
+                               description="folder of USPTO weekly grant XML files (ipgYYMMDD.xml) for real data")
+    max_bad_fraction: float = 0.05
+    min_lic_coverage: float = Field(default=0.9, description="lic_hierarchy check: share of drawings with a LIC code")
+    sample_n_classes: int = 8
+    sample_subclasses_per_class: int = 4
+    sample_patents_per_subclass: int = 10
+    sample_image_size: int = 128
+    sample_seed: int = 0
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root).expanduser().resolve()
+
+    def sample_spec(self):
+        from hmpcl_lib.sample import SampleSpec
+
+        return SampleSpec(n_classes=self.sample_n_classes, subclasses_per_class=self.sample_subclasses_per_class,
+                          patents_per_subclass=self.sample_patents_per_subclass,
+                          image_size=self.sample_image_size, seed=self.sample_seed)
+
+    def raw_dir(self, year: str | int) -> Path:
+        return self.base / "raw" / str(year)
+
+    def extracted_dir(self, year: str | int) -> Path:
+        return self.base / "extracted" / str(year)
+
+    def uspto_dir(self) -> Path:
+        return Path(self.uspto_xml_dir).expanduser().resolve() if self.uspto_xml_dir else self.base / "uspto"
+
+    def drawings_path(self, year: str | int) -> Path:
+        return self.base / "parsed" / "drawings" / f"year={year}.parquet"
+
+    def quarantine_path(self, year: str | int) -> Path:
+        return self.base / "parsed" / "quarantine" / f"year={year}.parquet"
+
+    @property
+    def lic_codes_path(self) -> Path:
+        return self.base / "parsed" / "lic_codes.parquet"
+
+    @property
+    def lic_quarantine_path(self) -> Path:
+        return self.base / "parsed" / "quarantine" / "lic_codes.parquet"
+
+    @property
+    def hierarchy_path(self) -> Path:
+        return self.base / "parsed" / "lic_hierarchy.parquet"
+
+    @property
+    def hierarchy_quarantine_path(self) -> Path:
+        return self.base / "parsed" / "quarantine" / "lic_hierarchy.parquet"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.base / "parsed" / "splits.parquet"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base / "models"
+
+    def embeddings_path(self, run_id: str) -> Path:
+        return self.base / "embeddings" / f"{run_id}.parquet"
+
+    def index_dir(self, run_id: str) -> Path:
+        return self.base / "index" / run_id
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Our MLflow resource (dagster-mlflow is the old resource style): tracking URI, experiment and registry names."""
+
+    tracking_uri: str = Field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    experiment: str = "hmpcl"
+    registered_model: str = "hmpcl-encoder"
+    artifact_root: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_ARTIFACTS", "mlartifacts"))
+    ui_url: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_UI", "http://127.0.0.1:5000"))
+
+    @property
+    def config(self) -> TrackingConfig:
+        return TrackingConfig(self.tracking_uri, self.experiment, self.registered_model, self.artifact_root,
+                              self.ui_url)
