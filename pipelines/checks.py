@@ -1,6 +1,5 @@
 """Asset checks. Blocking ones stop bad data from flowing on; warnings flag a weak model without stopping."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

@@ -1,6 +1,5 @@
 """The one Dagster code location of hmpcl (`dagster dev` in the repo root loads it through workspace.yaml)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Jobs: per-year ingest (partitioned), the full pipeline, and retrain (data → model → index → benchmark → registry)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

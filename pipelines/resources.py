@@ -5,7 +5,6 @@ DeepPatent2 and a cluster: HMPCL_DATA_ROOT, HMPCL_SOURCE (sample | deeppatent2),
 MLFLOW_TRACKING_URI, HMPCL_MLFLOW_ARTIFACTS.
 """
 
-from __future__ import annotations
 
 import os
 from pathlib import Path
@@ -35,6 +34,9 @@ class DataStore(dg.ConfigurableResource):
     sample_n_classes: int = 8
     sample_subclasses_per_class: int = 4
     sample_patents_per_subclass: int = 10
+    sample_views_min: int = 4
+    sample_views_max: int = 8
+    sample_years: list[int] = [2019, 2020]
     sample_image_size: int = 128
     sample_seed: int = 0
 
@@ -47,6 +49,7 @@ class DataStore(dg.ConfigurableResource):
 
         return SampleSpec(n_classes=self.sample_n_classes, subclasses_per_class=self.sample_subclasses_per_class,
                           patents_per_subclass=self.sample_patents_per_subclass,
+                          views=(self.sample_views_min, self.sample_views_max), years=tuple(self.sample_years),
                           image_size=self.sample_image_size, seed=self.sample_seed)
 
     def raw_dir(self, year: str | int) -> Path:

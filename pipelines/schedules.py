@@ -1,6 +1,5 @@
 """Weekly re-training. Cron and timezone come from HMPCL_RETRAIN_CRON / HMPCL_RETRAIN_TZ."""
 
-from __future__ import annotations
 
 import os
 

@@ -1,6 +1,5 @@
 """A sensor that starts `retrain` when new drawings land: a new year partition, or a year whose row count changed."""
 
-from __future__ import annotations
 
 import json
 

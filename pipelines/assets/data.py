@@ -1,6 +1,5 @@
 """Data assets: raw DeepPatent2 archives → parsed drawings (per year) + Locarno codes → hierarchy → splits."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

@@ -1,6 +1,5 @@
 """Retrieval assets: corpus embeddings, the search index, the benchmark, the registry champion, the comparison."""
 
-from __future__ import annotations
 
 import dataclasses
 import tempfile

@@ -1,8 +1,8 @@
 """The training asset: fine-tune the encoder with the hierarchical (or baseline) loss, tracked in MLflow."""
 
-from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import dagster as dg
 
@@ -26,6 +26,7 @@ class TrainingConfig(dg.Config):
     embed_dim: int = 256
     batch_size: int = 64
     epochs: int = 4
+    steps_per_epoch: Optional[int] = None
     lr: float = 3e-4
     image_size: int = 128
     seed: int = 0

@@ -1,0 +1,94 @@
+"""End to end through Dagster: a tiny generated sample → data assets → training → embeddings → index → benchmark →
+registry → comparison, with MLflow in a temporary sqlite store."""
+
+from __future__ import annotations
+
+import dagster as dg
+import mlflow
+import polars as pl
+import pytest
+
+from pipelines.checks import ALL_CHECKS
+from pipelines.definitions import ALL_ASSETS
+from pipelines.assets.data import drawings, raw_archives
+from pipelines.resources import DataStore, MlflowTracking
+
+pytestmark = pytest.mark.slow
+
+TINY_TRAINING = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "image_size": 64, "embed_dim": 32}
+UNPARTITIONED = ["lic_codes", "lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings", "gallery_index",
+                 "retrieval_benchmark", "champion_model", "model_comparison"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    store = DataStore(root=str(root / "data"), source="sample", sample_n_classes=3, sample_subclasses_per_class=2,
+                      sample_patents_per_subclass=4, sample_views_min=3, sample_views_max=4, sample_image_size=64,
+                      min_lic_coverage=0.8)
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "mlartifacts"),
+                              experiment="hmpcl-test", registered_model="hmpcl-test-encoder")
+    resources = {"store": store, "mlflow_tracking": tracking}
+    instance = dg.DagsterInstance.ephemeral()
+    for year in store.sample_years:
+        result = dg.materialize([raw_archives, drawings], partition_key=str(year), resources=resources,
+                                instance=instance)
+        assert result.success
+    run_config = {"ops": {"trained_encoder": {"config": TINY_TRAINING}}}
+    result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=UNPARTITIONED, resources=resources,
+                            instance=instance, run_config=run_config)
+    return {"store": store, "tracking": tracking, "result": result, "resources": resources,
+            "instance": instance, "run_config": run_config}
+
+
+def test_every_asset_materializes_and_checks_pass(env):
+    result = env["result"]
+    assert result.success
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()
+                    for e in [e.event_specific_data.materialization]}
+    assert set(UNPARTITIONED) <= materialized
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks and all(passed for name, passed in checks.items() if name != "fine_tuning_beats_pretrained"), checks
+
+
+def test_data_tables_are_consistent(env):
+    store = env["store"]
+    hier = pl.read_parquet(store.hierarchy_path)
+    spl = pl.read_parquet(store.splits_path)
+    assert hier["class_code"].n_unique() == 3
+    assert set(spl["drawing_id"]) == set(hier["drawing_id"])
+    quarantine = pl.read_parquet(store.quarantine_path(2019))
+    assert {"source", "record", "reason"} <= set(quarantine.columns)
+
+
+def test_comparison_table_and_mlflow(env):
+    table = env["result"].output_for_node("model_comparison")
+    assert table["model"].to_list() == ["pretrained", "baseline", "hierarchical"]
+    for column in ("patent_map", "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"):
+        assert table[column].is_between(0, 1).all()
+    cfg = env["tracking"].config
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.experiment])
+    assert {"train-hierarchical", "train-baseline", "model-comparison"} <= set(runs["tags.mlflow.runName"])
+    trained = runs[runs["tags.mlflow.runName"] == "train-hierarchical"].iloc[0]
+    assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "hierarchical"
+    champion = mlflow.pytorch.load_model(f"models:/{cfg.registered_model}@champion")
+    import torch
+
+    with torch.inference_mode():
+        z = champion(torch.zeros(2, 3, 64, 64))
+    assert z.shape == (2, 32)
+
+
+def test_rematerializing_reuses_the_run_and_registry_version(env):
+    cfg = env["tracking"].config
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    before = len(mlflow.search_runs(experiment_names=[cfg.experiment]))
+    result = dg.materialize([*ALL_ASSETS], selection=["trained_encoder", "corpus_embeddings",
+                                                       "retrieval_benchmark", "champion_model"],
+                            resources=env["resources"], instance=env["instance"], run_config=env["run_config"])
+    assert result.success
+    assert result.output_for_node("trained_encoder").reused
+    assert len(mlflow.search_runs(experiment_names=[cfg.experiment])) == before
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{cfg.registered_model}'")
+    assert len(versions) == 1
