@@ -1,0 +1,109 @@
+"""Restart safety of training: resume after a crash (in-process and kill -9 of the CLI) = uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training import make_drawing_table, tiny_config  # noqa: E402
+
+from hmpcl_lib.training import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def drawing_table(tmp_path_factory):
+    return make_drawing_table(tmp_path_factory.mktemp("drawings"))
+
+
+class Crash(Exception):
+    pass
+
+
+def losses(history):
+    return [(h["step"], h["loss"]) for h in history if "loss" in h]
+
+
+def crash_at(step_to_crash: int):
+    def on_metrics(step, metrics):
+        if step == step_to_crash and "loss" in metrics:
+            raise Crash(step)
+    return on_metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(drawing_table, tmp_path_factory):
+    """2 epochs x 4 steps straight through (augmentation on, BN in train mode)."""
+    return train(tiny_config(checkpoint_every_steps=3), drawing_table, tmp_path_factory.mktemp("straight"))
+
+
+def test_epoch_boundary_resume_gives_the_same_loss_curve(drawing_table, tmp_path, uninterrupted):
+    with pytest.raises(Crash):  # crash right after epoch 1's checkpoint (step 4 = end of epoch 0)
+        train(tiny_config(), drawing_table, tmp_path, on_metrics=lambda s, m: (_ for _ in ()).throw(Crash())
+              if "epoch_loss" in m else None)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
+    resumed = train(tiny_config(), drawing_table, tmp_path)
+    assert losses(resumed.history) == losses(uninterrupted.history)
+    assert [h["epoch_loss"] for h in resumed.history if "epoch_loss" in h] == \
+        [h["epoch_loss"] for h in uninterrupted.history if "epoch_loss" in h]
+
+
+def test_mid_epoch_resume_gives_the_same_loss_curve(drawing_table, tmp_path, uninterrupted):
+    config = tiny_config(checkpoint_every_steps=3)
+    with pytest.raises(Crash):  # dies at step 7: the checkpoint of step 6 (epoch 1, batch 2) is the last one
+        train(config, drawing_table, tmp_path, on_metrics=crash_at(7))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batches_done"], ckpt["step"]) == (1, 2, 6)
+    resumed = train(config, drawing_table, tmp_path)
+    assert losses(resumed.history) == losses(uninterrupted.history)
+    for name, tensor in uninterrupted.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_kill_9_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(drawing_table, tmp_path, uninterrupted):
+    table_path = tmp_path / "table.parquet"
+    drawing_table.write_parquet(table_path)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hmpcl_lib.training", "--table", str(table_path), "--out", str(out),
+           "--weights", "none", "--embed-dim", "32", "--image-size", "64", "--batch-size", "16", "--epochs", "2",
+           "--steps-per-epoch", "4", "--lr", "0.001", "--warmup-steps", "1", "--num-workers", "0",
+           "--log-every", "1", "--seed", "0", "--checkpoint-every-steps", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    ckpt_path = out / "checkpoints" / "last.pt"
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ckpt_path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0].decode()
+    assert ckpt_path.exists(), output
+    killed_at = torch.load(ckpt_path, weights_only=False)
+    assert killed_at["step"] in (3, 6) and killed_at["batches_done"] != 0, "killed too late for a mid-epoch resume"
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stderr
+    final = torch.load(ckpt_path, weights_only=False)
+    assert final["step"] == 8
+    steps, values = zip(*losses(final["history"]))
+    expected_steps, expected_values = zip(*losses(uninterrupted.history))
+    assert steps == expected_steps
+    assert values == pytest.approx(expected_values, rel=1e-6)
