@@ -1,0 +1,206 @@
+"""Hierarchical multi-positive contrastive loss (Kavimandan et al., PatentSemTech 2025) and its baseline.
+
+For anchor i and candidate j != i the relation weight w_ij is the score of the deepest hierarchy node they
+share: same patent -> s_patent, else same known subclass -> s_subclass, else same main class -> s_class,
+else 0. The target p_ij = w_ij / sum_k w_ik is a soft multi-positive distribution; the prediction is
+q_ij = softmax_{j != i}(z_i . z_j / tau). The loss is the mean over anchors of -sum_j p_ij log q_ij, where
+anchors whose row of w is all zero (no positive in the batch) are skipped and counted.
+
+Because sum_j p_ij = 1, the per-anchor cross-entropy is computed as logsumexp_{j != i}(l_ij) - sum_j p_ij l_ij
+(l = logits), so no [N, N] log-probability matrix is materialised. All of it runs in float32 (float64 for
+float64 input), even under bf16/fp16 autocast: the similarity matmul is cheap next to the backbone, while
+low-precision logits / tau and logsumexp are where contrastive losses lose accuracy.
+
+Distributed semantics (torch.distributed initialised, world size > 1, gather_distributed=True):
+embeddings (with gradients) and labels are gathered from every rank; this rank's rows are the anchors and
+the global batch is the candidate set. Each rank returns
+    loss_rank = world_size * (sum of its anchors' cross-entropies) / (non-skipped anchors on ALL ranks),
+so the mean of the per-rank losses (what DDP's gradient averaging optimises) equals the single-process loss
+on the global batch, whatever the split of anchors between ranks. `last_num_anchors` and `last_num_skipped`
+are global counts then.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hmpcl_lib import distributed
+
+# Bounds for a learnable temperature: below 0.01 logits explode (CLIP caps its scale at 100), above 1 the
+# softmax is nearly flat and the loss stops separating anything.
+LEARNABLE_TEMPERATURE_BOUNDS = (0.01, 1.0)
+
+
+def validate_scores(s_patent: float, s_subclass: float, s_class: float) -> None:
+    """Require s_patent > s_subclass >= s_class >= 0, strictly decreasing where the lower level is non-zero.
+
+    Zeros are allowed at the coarse levels so that (1, 0, 0) is the conventional baseline and (1, 0.5, 0)
+    ignores the main class; (1, 0.5, 0.5) or (1, 0, 0.25) are rejected because a coarser relation would
+    weigh as much as (or more than) a finer one, which contradicts the hierarchy.
+    """
+    scores = {"s_patent": s_patent, "s_subclass": s_subclass, "s_class": s_class}
+    for name, value in scores.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not s_patent > 0:
+        raise ValueError(f"s_patent must be > 0, got {s_patent!r}")
+    if not s_patent > s_subclass:
+        raise ValueError(f"need s_patent > s_subclass, got s_patent={s_patent!r}, s_subclass={s_subclass!r}")
+    if s_class > 0 and not s_subclass > s_class:
+        raise ValueError(
+            f"need s_subclass > s_class when s_class > 0, got s_subclass={s_subclass!r}, s_class={s_class!r}"
+        )
+
+
+def _check_labels(name: str, labels: torch.Tensor, rows: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {getattr(labels, 'dtype', type(labels))}")
+    if labels.shape != (rows,):
+        raise ValueError(f"{name} must have shape ({rows},) to match z, got {tuple(labels.shape)}")
+    return labels.long()
+
+
+def _stack_labels(patent: torch.Tensor, subclass: torch.Tensor, klass: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows, 3] int64 (patent, subclass, class), after checking each label vector."""
+    return torch.stack(
+        [_check_labels("patent", patent, rows), _check_labels("subclass", subclass, rows),
+         _check_labels("klass", klass, rows)], dim=1,
+    )
+
+
+class HierarchicalContrastiveLoss(nn.Module):
+    """Soft multi-positive InfoNCE whose targets weigh positives by how deep they share the LIC hierarchy.
+
+    forward(z, patent, subclass, klass): z is [N, D] L2-normalised embeddings (any float dtype), labels are
+    integer [N] tensors; subclass < 0 (-1) means unknown and never counts as "same subclass". Returns a
+    float32 scalar (float64 for float64 z). With learn_temperature=True, log(tau) is a parameter (add the loss module's parameters
+    to the optimiser), clamped to LEARNABLE_TEMPERATURE_BOUNDS.
+    """
+
+    def __init__(
+        self,
+        s_patent: float = 1.0,
+        s_subclass: float = 0.5,
+        s_class: float = 0.25,
+        temperature: float = 0.07,
+        learn_temperature: bool = False,
+        gather_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        validate_scores(s_patent, s_subclass, s_class)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        low, high = LEARNABLE_TEMPERATURE_BOUNDS
+        if learn_temperature and not low <= temperature <= high:
+            raise ValueError(f"a learnable temperature must start within [{low}, {high}], got {temperature!r}")
+        self.s_patent, self.s_subclass, self.s_class = float(s_patent), float(s_subclass), float(s_class)
+        self.learn_temperature = learn_temperature
+        self.gather_distributed = gather_distributed
+        log_temperature = torch.tensor(math.log(temperature), dtype=torch.float32)
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_temperature)
+        else:
+            self.register_buffer("log_temperature", log_temperature)
+        # [anchors, skipped] of the last call, kept as a tensor so reading them is the only device sync.
+        self.register_buffer("_last_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+
+    @property
+    def last_num_anchors(self) -> int:
+        """Anchors that had at least one positive in the last forward (global under DDP)."""
+        return int(self._last_counts[0].item())
+
+    @property
+    def last_num_skipped(self) -> int:
+        """Anchors skipped in the last forward because no candidate shared any scored level (global under DDP)."""
+        return int(self._last_counts[1].item())
+
+    def temperature_tensor(self) -> torch.Tensor:
+        """Current tau as a float32 scalar tensor (differentiable when learnable)."""
+        log_t = self.log_temperature.float()
+        if self.learn_temperature:
+            low, high = LEARNABLE_TEMPERATURE_BOUNDS
+            log_t = log_t.clamp(math.log(low), math.log(high))
+        return log_t.exp()
+
+    @property
+    def temperature(self) -> float:
+        return float(self.temperature_tensor().item())
+
+    def _weights_between(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[n, N] relation weights from [n, 3] and [N, 3] (patent, subclass, class) label rows."""
+        same_patent = anchors[:, None, 0] == candidates[None, :, 0]
+        same_subclass = (anchors[:, None, 1] == candidates[None, :, 1]) & (anchors[:, None, 1] >= 0)
+        same_class = anchors[:, None, 2] == candidates[None, :, 2]
+        zero = torch.zeros((), dtype=torch.float32, device=anchors.device)
+        weights = torch.where(same_class, torch.full_like(zero, self.s_class), zero)
+        weights = torch.where(same_subclass, torch.full_like(zero, self.s_subclass), weights)
+        return torch.where(same_patent, torch.full_like(zero, self.s_patent), weights)
+
+    def relation_weights(self, patent: torch.Tensor, subclass: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
+        """The [N, N] float32 matrix W of relation weights, with a zero diagonal (no self-pairs)."""
+        if not isinstance(patent, torch.Tensor) or patent.dim() != 1:
+            raise ValueError(f"patent must be a 1-D integer tensor, got {getattr(patent, 'shape', type(patent))}")
+        labels = _stack_labels(patent, subclass, klass, patent.shape[0])
+        weights = self._weights_between(labels, labels)
+        return weights.fill_diagonal_(0.0)
+
+    def forward(
+        self, z: torch.Tensor, patent: torch.Tensor, subclass: torch.Tensor, klass: torch.Tensor
+    ) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or not z.dtype.is_floating_point:
+            raise ValueError(f"z must be a float tensor of shape [N, D], got {getattr(z, 'shape', type(z))}")
+        rows = z.shape[0]
+        labels = _stack_labels(patent, subclass, klass, rows).to(z.device)
+
+        world = distributed.world_size() if self.gather_distributed else 1
+        if world > 1:
+            sizes = distributed.gather_sizes(rows, z.device)
+            offset = sum(sizes[: distributed.rank()])
+            candidates = distributed.all_gather_with_grad(z, sizes)
+            candidate_labels = distributed.all_gather_no_grad(labels, sizes)
+        else:
+            offset, candidates, candidate_labels = 0, z, labels
+
+        # float32 for bf16/fp16/fp32 inputs, float64 kept (gradcheck, references)
+        compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            temperature = self.temperature_tensor().to(compute_dtype)
+            logits = (z.to(compute_dtype) @ candidates.to(compute_dtype).T) / temperature
+            columns = torch.arange(candidates.shape[0], device=z.device)
+            is_self = columns[None, :] == (torch.arange(rows, device=z.device) + offset)[:, None]
+            weights = self._weights_between(labels, candidate_labels).to(compute_dtype).masked_fill_(is_self, 0.0)
+            row_sum = weights.sum(dim=1)
+            has_positive = row_sum > 0
+            log_normaliser = torch.logsumexp(logits.masked_fill(is_self, torch.finfo(logits.dtype).min), dim=1)
+            target_logit = (weights * logits).sum(dim=1) / row_sum.clamp_min(torch.finfo(logits.dtype).tiny)
+            per_anchor = torch.where(has_positive, log_normaliser - target_logit, torch.zeros_like(row_sum))
+
+        anchors = has_positive.sum()
+        counts = torch.stack([anchors, rows - anchors]).to(torch.int64)
+        if world > 1:
+            torch.distributed.all_reduce(counts)
+        self._last_counts = counts.detach()
+        return per_anchor.sum() * world / counts[0].clamp_min(1).to(per_anchor.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"s_patent={self.s_patent}, s_subclass={self.s_subclass}, s_class={self.s_class}, "
+            f"temperature={self.temperature:.4g}, learn_temperature={self.learn_temperature}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
+
+
+def baseline_loss(**kwargs) -> HierarchicalContrastiveLoss:
+    """The conventional multi-positive SupCon/InfoNCE: only drawings of the same patent are positives.
+
+    Same loss with s_subclass = s_class = 0: the target is uniform over the anchor's same-patent drawings.
+    Accepts the other constructor arguments (temperature, learn_temperature, gather_distributed, s_patent).
+    """
+    for name in ("s_subclass", "s_class"):
+        if kwargs.get(name, 0.0) != 0.0:
+            raise ValueError(f"baseline_loss fixes {name}=0, got {kwargs[name]!r}")
+        kwargs.pop(name, None)
+    return HierarchicalContrastiveLoss(s_subclass=0.0, s_class=0.0, **kwargs)
