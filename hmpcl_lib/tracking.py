@@ -93,7 +93,7 @@ def log_encoder(model, name: str = "model") -> str:
     import mlflow.pytorch
 
     code = str(Path(__file__).resolve().parent)  # ship hmpcl_lib so the pickled Encoder class loads anywhere
-    info = mlflow.pytorch.log_model(model.cpu().eval(), name=name, code_paths=[code])
+    info = mlflow.pytorch.log_model(model.cpu().eval(), name=name, code_paths=[code], serialization_format="pickle")
     return info.model_uri
 
 

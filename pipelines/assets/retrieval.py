@@ -64,7 +64,7 @@ def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddin
     index = VectorIndex.build(ids, vectors)
     out = store.index_dir(corpus_embeddings.run_id)
     index.save(out)
-    return dg.Output(str(out), metadata={"vectors": len(ids), "kind": index.kind, "path": dg.MetadataValue.path(str(out))})
+    return dg.Output(str(out), metadata={"vectors": len(ids), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out))})
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _query_grids(result, hierarchy: pl.DataFrame, out: Path, n: int = 3, k: int 
         res = res.join(meta, on="drawing_id", how="left").with_columns(
             pl.col("drawing_id").replace_strict(paths, default=None).alias("image_path")).sort("rank")
         png = out / f"query_{q}_{qid}.png"
-        plots.results_grid_png(paths[qid], res, png, query_patent=result.queries["patent_id"][q])
+        plots.results_grid_png(paths[qid], res, png, query_patent_id=result.queries["patent_id"][q])
         grids.append(png)
     return grids
 
