@@ -25,6 +25,7 @@ run: setup
 
 ## Run the test suite (what CI runs).
 test: setup
+	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 ## Open the Dagster UI on http://127.0.0.1:3000
@@ -33,7 +34,8 @@ dev: setup
 
 ## Open the MLflow UI on http://127.0.0.1:5000
 mlflow: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) \
+		--default-artifact-root $(HMPCL_MLFLOW_ARTIFACTS) --host 127.0.0.1 --port 5000 --workers 1
 
 bench: setup
 	$(PY) benchmarks/loss_bench.py

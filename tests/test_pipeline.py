@@ -92,3 +92,24 @@ def test_rematerializing_reuses_the_run_and_registry_version(env):
     assert len(mlflow.search_runs(experiment_names=[cfg.experiment])) == before
     versions = mlflow.MlflowClient().search_model_versions(f"name='{cfg.registered_model}'")
     assert len(versions) == 1
+
+
+def _hashes(paths) -> dict[str, str]:
+    from hmpcl_lib.io import file_sha256
+
+    return {str(p): file_sha256(p) for p in paths}
+
+
+def test_rematerializing_data_gives_identical_files(env):
+    store = env["store"]
+    parsed = sorted((store.base / "parsed").rglob("*.parquet"))
+    embeddings = sorted((store.base / "embeddings").glob("*.parquet"))
+    before = _hashes(parsed + embeddings)
+    for year in store.sample_years:
+        assert dg.materialize([raw_archives, drawings], partition_key=str(year), resources=env["resources"],
+                              instance=env["instance"]).success
+    result = dg.materialize([*ALL_ASSETS], selection=["lic_codes", "lic_hierarchy", "splits", "trained_encoder",
+                                                       "corpus_embeddings"],
+                            resources=env["resources"], instance=env["instance"], run_config=env["run_config"])
+    assert result.success
+    assert _hashes(parsed + embeddings) == before

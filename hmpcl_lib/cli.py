@@ -1,0 +1,218 @@
+"""`hmpcl`: query the MLflow store from a terminal (last runs, a run-vs-run diff, the registry champion).
+
+Why a CLI: the MLflow UI is good for browsing, but "how did the last five trainings do?" should be one command.
+Everything is read through MLflow's client API, so it works the same on the local sqlite store and on a server.
+mlflow is imported inside the commands to keep `hmpcl --help` instant.
+
+    hmpcl metrics --last 5 [--metric patent_map ...] [--tracking-uri URI] [--experiment hmpcl]
+    hmpcl compare RUN_A RUN_B        (run ids or run names; B - A deltas)
+    hmpcl champion                   (the registered model's `champion` version and its tags)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from hmpcl_lib import tracking
+from hmpcl_lib.errors import HmpclError
+
+KEY_METRICS = ["patent_map", "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10", "final_loss"]
+PER_CLASS = re.compile(r"^class_[^.]+\.")  # per-main-class metrics (`class_15.patent_map`), hidden unless asked for
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MISSING = "-"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+def format_value(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_delta(a: float | None, b: float | None, digits: int = 4) -> str:
+    if a is None or b is None:
+        return MISSING
+    return f"{b - a:+.{digits}f}"
+
+
+def format_time(ms: int | None) -> str:
+    if ms is None:
+        return MISSING
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table (text left, numbers right) that reads well in a terminal and in CI logs."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    numeric = [bool(rows) and all(_looks_numeric(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _looks_numeric(text: str) -> bool:
+    return text == MISSING or re.fullmatch(r"[+-]?\d+(\.\d+)?", text) is not None
+
+
+# ---------------------------------------------------------------------------------------------------- MLflow access
+
+def open_store(cfg: tracking.TrackingConfig):
+    """An MlflowClient on an existing store; a missing sqlite file is an error (not a new empty store)."""
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        path = Path(cfg.tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise HmpclError(f"no MLflow store at {path.resolve()} (tracking URI {cfg.tracking_uri}); "
+                             "run the pipeline first (`make run`) or pass --tracking-uri")
+    return tracking.client(cfg)
+
+
+def experiment_of(client, cfg: tracking.TrackingConfig):
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        raise HmpclError(f"no experiment {cfg.experiment!r} in {cfg.tracking_uri}; pass --experiment NAME")
+    return exp
+
+
+def resolve_run(client, experiment_id: str, ref: str):
+    """A run by id, else the newest run of the experiment with that run name."""
+    from mlflow.exceptions import MlflowException
+
+    if RUN_ID.match(ref):
+        try:
+            return client.get_run(ref)
+        except MlflowException:
+            pass  # a 32-hex run *name* is unlikely but legal: fall through to the name lookup
+    quoted = ref.replace("'", "\\'")
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{quoted}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise HmpclError(f"no run with id or name {ref!r} in experiment {experiment_id}")
+    return runs[0]
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+def metrics_command(cfg: tracking.TrackingConfig, last: int, metrics: list[str]) -> str:
+    """The last `last` runs (newest first) with their key metrics."""
+    experiment_of(open_store(cfg), cfg)  # fail clearly instead of creating the experiment
+    runs = tracking.recent_runs(cfg, last=last)
+    if runs.height == 0:
+        return f"no runs in experiment {cfg.experiment!r} ({cfg.tracking_uri})"
+    header = ["run_id", "run_name", "status", "start", *metrics]
+    rows = []
+    for r in runs.iter_rows(named=True):
+        rows.append([r["run_id"], r["run_name"] or MISSING, r["status"], format_time(r["start_time"]),
+                     *(format_value(r.get(f"metrics.{m}")) for m in metrics)])
+    return render_table(header, rows)
+
+
+def compare_command(cfg: tracking.TrackingConfig, run_a: str, run_b: str, metrics: list[str] | None = None,
+                    per_class: bool = False) -> str:
+    """Params that differ, then metrics of both runs side by side with the delta B - A."""
+    client = open_store(cfg)
+    exp = experiment_of(client, cfg)
+    a, b = resolve_run(client, exp.experiment_id, run_a), resolve_run(client, exp.experiment_id, run_b)
+    title = (f"A = {a.info.run_name} ({a.info.run_id}, {a.info.status})\n"
+             f"B = {b.info.run_name} ({b.info.run_id}, {b.info.status})")
+
+    pa_, pb = a.data.params, b.data.params
+    differing = sorted(k for k in pa_.keys() | pb.keys() if pa_.get(k) != pb.get(k))
+    if differing:
+        params = render_table(["param", "A", "B"], [[k, pa_.get(k, MISSING), pb.get(k, MISSING)] for k in differing])
+    else:
+        params = "(all params equal)"
+
+    ma, mb = a.data.metrics, b.data.metrics
+    names = metrics or sorted(k for k in ma.keys() | mb.keys() if per_class or not PER_CLASS.match(k))
+    hidden = 0 if metrics or per_class else sum(bool(PER_CLASS.match(k)) for k in ma.keys() | mb.keys())
+    rows = [[k, format_value(ma.get(k)), format_value(mb.get(k)), format_delta(ma.get(k), mb.get(k))] for k in names]
+    table = render_table(["metric", "A", "B", "B - A"], rows) if rows else "(no metrics)"
+    note = f"\n({hidden} per-class metrics hidden; add --per-class)" if hidden else ""
+    return f"{title}\n\nParams that differ:\n{params}\n\nMetrics:\n{table}{note}"
+
+
+def champion_command(cfg: tracking.TrackingConfig) -> str:
+    """The version behind the `champion` alias, its tags, and the key metrics of the run that produced it."""
+    client = open_store(cfg)
+    version = tracking.current_champion(cfg)
+    if version is None:
+        return (f"no {tracking.CHAMPION!r} alias on registered model {cfg.registered_model!r} "
+                f"({cfg.tracking_uri}); materialize `champion_model` first")
+    lines = [f"model:    {cfg.registered_model}",
+             f"version:  {version.version} (alias {tracking.CHAMPION})",
+             f"run_id:   {version.run_id}",
+             f"created:  {format_time(version.creation_timestamp)}",
+             f"load:     mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@{tracking.CHAMPION}\")"]
+    tags = sorted(version.tags.items())
+    lines += ["", "Tags:", render_table(["tag", "value"], [[k, v] for k, v in tags]) if tags else "(no tags)"]
+    if version.run_id:
+        run_metrics = client.get_run(version.run_id).data.metrics
+        rows = [[m, format_value(run_metrics.get(m))] for m in KEY_METRICS if m in run_metrics]
+        if rows:
+            lines += ["", "Run metrics:", render_table(["metric", "value"], rows)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    common.add_argument("--experiment", default=tracking.TrackingConfig.experiment)
+    common.add_argument("--registered-model", default=tracking.TrackingConfig.registered_model)
+
+    parser = argparse.ArgumentParser(prog="hmpcl", description="Query hmpcl's MLflow runs and model registry.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("metrics", parents=[common], help="table of the last runs and their key metrics")
+    m.add_argument("--last", type=int, default=5, help="how many runs, newest first (default 5)")
+    m.add_argument("--metric", action="append", dest="metrics", metavar="NAME",
+                   help=f"metric column (repeatable; default: {' '.join(KEY_METRICS)})")
+    c = sub.add_parser("compare", parents=[common], help="params that differ and metrics side by side")
+    c.add_argument("run_a", metavar="RUN_A", help="run id or run name")
+    c.add_argument("run_b", metavar="RUN_B", help="run id or run name")
+    c.add_argument("--metric", action="append", dest="metrics", metavar="NAME", help="only these metrics")
+    c.add_argument("--per-class", action="store_true", help="include per-main-class metrics (class_XX.*)")
+    sub.add_parser("champion", parents=[common], help="the registered model's champion version and its tags")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = tracking.TrackingConfig(tracking_uri=args.tracking_uri or default_tracking_uri(),
+                                  experiment=args.experiment, registered_model=args.registered_model)
+    try:
+        if args.command == "metrics":
+            if args.last < 1:
+                parser.error("--last must be at least 1")
+            out = metrics_command(cfg, args.last, args.metrics or KEY_METRICS)
+        elif args.command == "compare":
+            out = compare_command(cfg, args.run_a, args.run_b, args.metrics, args.per_class)
+        else:
+            out = champion_command(cfg)
+    except HmpclError as err:
+        print(f"hmpcl {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

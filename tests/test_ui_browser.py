@@ -1,0 +1,257 @@
+"""The two UIs users live in, driven in headless Chromium: the Dagster asset graph (and a materialization launched
+from it) and the MLflow experiment page. Screenshots land in test-artifacts/.
+
+Chromium is Debian's /usr/bin/chromium (scripts/ensure_chromium.sh installs it); Playwright only drives it, so no
+browser download is ever needed. Without Chromium the tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+BIN = Path(sys.executable).parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ASSETS = ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings",
+          "gallery_index", "retrieval_benchmark", "champion_model", "model_comparison"]
+VIEWPORT = {"width": 1800, "height": 900}
+ASSETS_BY_GROUP = {"data": ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits"],
+                   "model": ["trained_encoder"],
+                   "retrieval": ["corpus_embeddings", "gallery_index", "retrieval_benchmark", "champion_model",
+                                 "model_comparison"]}
+
+
+# ------------------------------------------------------------------------------------------------ servers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A UI server in its own process group (dagster dev and mlflow ui both spawn children), logging to a file."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO):
+        self.log = log
+        self._log_file = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.proc.args[0]} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM the whole group, then SIGKILL whatever is left (dagster dev's children can linger)."""
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:  # leader gone: still sweep its children
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+        self._log_file.close()
+
+
+def graphql(base: str, query: str) -> dict:
+    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = json.load(resp)
+    if body.get("errors"):
+        raise AssertionError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+def server_env(tmp_path: Path) -> dict[str, str]:
+    """Everything the pipeline writes goes under tmp_path: instance, data, MLflow store and artifacts."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {**os.environ, "DAGSTER_HOME": str(home), "HMPCL_DATA_ROOT": str(tmp_path / "data"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "HMPCL_MLFLOW_ARTIFACTS": str(tmp_path / "mlartifacts"), "HMPCL_SOURCE": "sample",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        subprocess.run(["bash", str(REPO / "scripts" / "ensure_chromium.sh")], check=False, timeout=600)
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing and scripts/ensure_chromium.sh could not install Debian's chromium "
+                    "(needs root and an apt mirror)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(30_000)
+    yield context.new_page()
+    context.close()
+
+
+def dismiss_dagster_welcome(page: Page) -> None:
+    """A fresh instance greets with a 'Join the Dagster community' dialog; it covers the graph."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(state="visible", timeout=3_000)
+    except Exception:  # noqa: BLE001 - no dialog this time
+        return
+    skip.click()
+
+
+def open_asset_graph(page: Page, base: str) -> None:
+    """Global asset lineage with every group expanded, in the graph (Alt+E) and in the sidebar.
+    Expects a fresh browser context: the UI remembers expanded groups, and Alt+E toggles."""
+    page.goto(f"{base}/asset-groups", wait_until="domcontentloaded")
+    expect(page.get_by_role("button", name="Materialize all")).to_be_visible(timeout=60_000)
+    dismiss_dagster_welcome(page)
+    expect(page.locator("foreignObject").get_by_text("retrieval", exact=True).first).to_be_visible()
+    page.keyboard.press("Alt+e")
+    expect(page.locator("foreignObject").get_by_text("lic_codes", exact=True)).to_be_visible(timeout=15_000)
+    for group, assets in ASSETS_BY_GROUP.items():
+        if page.locator(f'[title="{assets[0]}"]').count() == 0:
+            page.locator('[class*="AssetSidebarNode_itemContainer"]').filter(
+                has=page.locator(f'[title="{group}"]')).locator("button").first.click()
+
+
+def wait_for_run(base: str, asset: str, timeout: float) -> dict:
+    query = ("{ runsOrError { ... on Runs { results { runId status assetSelection { path } } } } }")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in graphql(base, query)["runsOrError"]["results"]
+                if [asset] in [a["path"] for a in r["assetSelection"] or []]]
+        if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(f"no finished run of {asset} within {timeout:.0f} s (runs: {runs})")
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+def test_dagster_asset_graph_and_materialize_from_ui(page, tmp_path):
+    assert sorted(sum(ASSETS_BY_GROUP.values(), [])) == sorted(ASSETS)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = Server([str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
+                     "-w", str(REPO / "workspace.yaml")], server_env(tmp_path), tmp_path / "dagster_dev.log")
+    try:
+        server.wait_http(f"{base}/server_info", timeout=120)
+        deadline = time.monotonic() + 90
+        while True:  # the code location loads in its own process after the webserver answers
+            (entry,) = graphql(base, "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                                     "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+                               )["workspaceOrError"]["locationEntries"]
+            if entry["loadStatus"] == "LOADED":
+                break
+            assert time.monotonic() < deadline, f"code location did not load: {entry}"
+            time.sleep(1)
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry["locationOrLoadError"]
+
+        open_asset_graph(page, base)
+        for name in ASSETS:
+            expect(page.locator(f'[title="{name}"]').first).to_be_visible()
+
+        # select the unpartitioned data asset in the graph and materialize it from the UI
+        page.locator("foreignObject").get_by_text("lic_codes", exact=True).click()
+        page.get_by_role("button", name="Materialize selected").click()
+        run = wait_for_run(base, "lic_codes", timeout=150)
+        assert run["status"] == "SUCCESS", f"run {run['runId']} ended {run['status']}:\n{server.log_tail()}"
+        # ...and the UI shows it: the asset panel's latest materialization links the run
+        expect(page.get_by_text("Latest materialization")).to_be_visible()
+        expect(page.get_by_role("link", name=run["runId"][:8]).first).to_be_visible(timeout=30_000)
+        assert (tmp_path / "data" / "parsed" / "lic_codes.parquet").is_file()
+
+        fresh = page.context.browser.new_context(viewport=VIEWPORT)
+        try:
+            shot = fresh.new_page()
+            open_asset_graph(shot, base)
+            shot.wait_for_timeout(1_000)  # let the graph settle after fit-to-view
+            shot.screenshot(path=str(ARTIFACTS / "dagster_asset_graph.png"))
+        finally:
+            fresh.close()
+    finally:
+        server.stop()
+
+
+def test_mlflow_ui_shows_the_experiment_and_its_runs(page, tmp_path):
+    import mlflow
+
+    from hmpcl_lib import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tracking.TrackingConfig(tracking_uri=uri, experiment="hmpcl", artifact_root=str(tmp_path / "mlartifacts"))
+    for name, loss, metrics in [("train-baseline", "baseline", {"patent_map": 0.48, "class_map_at_100": 0.41}),
+                                ("train-hierarchical", "hierarchical", {"patent_map": 0.61, "class_map_at_100": 0.57})]:
+        with tracking.start_run(cfg, name, tags={"hmpcl.stage": "train"}):
+            mlflow.log_params({"loss": loss, "backbone": "efficientnet_lite0"})
+            mlflow.log_metrics(metrics)
+    exp_id = tracking.experiment_id(cfg)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = Server([str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", "1"], server_env(tmp_path), tmp_path / "mlflow_ui.log")
+    try:
+        server.wait_http(f"{base}/health", timeout=120)
+        page.goto(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning", wait_until="domcontentloaded")
+        for name in ("train-baseline", "train-hierarchical"):
+            expect(page.get_by_role("link", name=name)).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("link", name="hmpcl").first).to_be_visible()  # breadcrumb: the experiment
+        assistant_close = page.get_by_role("button", name="Close")
+        if assistant_close.count():
+            assistant_close.first.click()
+        page.locator('label:has(input[value="CHART"])').click()  # metric charts: one bar per run
+        expect(page.get_by_text("patent_map", exact=True).first).to_be_visible()
+        page.wait_for_timeout(1_000)
+        page.screenshot(path=str(ARTIFACTS / "mlflow_experiment.png"))
+    finally:
+        server.stop()
