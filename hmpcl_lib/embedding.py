@@ -1,0 +1,190 @@
+"""Batched inference: drawings → L2-normalised embeddings → Parquet (`drawing_id`, fixed-size-list `embedding`).
+
+Deterministic: eval mode, no shuffling, no augmentation, results written in input order. On CUDA the forward
+pass runs under bf16 autocast with channels_last inputs (the output is re-normalised in float32 so the index
+sees unit vectors either way). No mlflow/faiss import here: this is torch core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from hmpcl_lib.data import DrawingDataset, collate
+from hmpcl_lib.errors import InputError
+from hmpcl_lib.io import write_parquet_atomic
+from hmpcl_lib.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
+from hmpcl_lib.schemas import embeddings_schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedStats:
+    """Throughput of the last `embed_paths` call it was passed to (filled in place)."""
+
+    n_images: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    device: str = ""
+    batch_size: int = 0
+    num_workers: int = 0
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_num_workers(n_images: int, batch_size: int) -> int:
+    """Worker processes only pay off beyond a couple of batches; leave one core to the forward pass."""
+    if n_images <= 2 * batch_size:
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def _model_config(model: torch.nn.Module) -> dict[str, Any]:
+    return dict(getattr(model, "config", None) or {})
+
+
+def embed_paths(
+    model: torch.nn.Module,
+    image_paths: Sequence[str | os.PathLike],
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = "auto",
+    num_workers: int | None = None,
+    float16: bool = False,
+    stats: EmbedStats | None = None,
+) -> np.ndarray:
+    """Embed image files in order → [N, D] float32 (float16 with `float16=True`), rows L2-normalised.
+
+    `image_size`, mean and std default to `model.config` (what the encoder was trained with). A file that is
+    missing or not decodable raises InputError naming it. Throughput is logged and written into `stats`.
+    """
+    config = _model_config(model)
+    image_size = image_size or config.get("image_size")
+    if not image_size:
+        raise ValueError("image_size not given and model.config has no 'image_size'")
+    transform = build_transform(
+        int(image_size), train=False, mean=config.get("mean", IMAGENET_MEAN), std=config.get("std", IMAGENET_STD)
+    )
+    paths = [str(p) for p in image_paths]
+    target = resolve_device(device)
+    on_cuda = target.type == "cuda"
+    workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
+    loader = DataLoader(
+        DrawingDataset(paths, transform=transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+    )
+    was_training = model.training
+    model.eval().to(target)
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported())
+    chunks: list[np.ndarray] = []
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), autocast:
+            for images, _ in loader:
+                images = images.to(target, non_blocking=True)
+                if on_cuda:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                vectors = F.normalize(model(images).float(), dim=-1)
+                chunks.append(vectors.cpu().numpy())
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    dim = getattr(model, "output_dim", None)
+    out = np.concatenate(chunks) if chunks else np.zeros((0, int(dim or 0)), dtype=np.float32)
+    rate = len(paths) / seconds if seconds > 0 else 0.0
+    log.info("embedded %d images in %.1f s (%.1f images/s, %s, batch %d, %d workers)",
+             len(paths), seconds, rate, target, batch_size, workers)
+    if stats is not None:
+        stats.n_images, stats.seconds, stats.images_per_s = len(paths), seconds, rate
+        stats.device, stats.batch_size, stats.num_workers = str(target), batch_size, workers
+    return out.astype(np.float16) if float16 else out.astype(np.float32, copy=False)
+
+
+def embeddings_table(ids: Sequence[str], vectors: np.ndarray, float16: bool = False) -> pa.Table:
+    """Pack ids and [N, D] vectors into the embeddings schema (fixed-size list column)."""
+    vectors = np.asarray(vectors, dtype=np.float16 if float16 else np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise InputError(f"{len(ids)} ids for vectors of shape {vectors.shape}", source="embeddings")
+    dim = vectors.shape[1]
+    schema = embeddings_schema(dim, float16)
+    values = pa.array(vectors.reshape(-1), type=schema.field("embedding").type.value_type)
+    column = pa.FixedSizeListArray.from_arrays(values, dim)
+    return pa.Table.from_arrays([pa.array(list(ids), pa.string()), column], schema=schema)
+
+
+def embed_table(
+    model: torch.nn.Module,
+    table: pa.Table | pl.DataFrame,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = "auto",
+    num_workers: int | None = None,
+    float16: bool = False,
+    stats: EmbedStats | None = None,
+) -> pa.Table:
+    """Embed every row of a drawings-like table (`drawing_id`, `image_path`) → embeddings table, same order."""
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    missing = [c for c in ("drawing_id", "image_path") if c not in frame.columns]
+    if missing:
+        raise InputError(f"drawings table lacks columns {missing}", source="embed_table")
+    null_path = frame.filter(pl.col("image_path").is_null())
+    if null_path.height:
+        raise InputError("image_path is null", source="embed_table", record=null_path["drawing_id"][0])
+    vectors = embed_paths(model, frame["image_path"].to_list(), image_size, batch_size, device, num_workers,
+                          float16, stats)
+    return embeddings_table(frame["drawing_id"].to_list(), vectors, float16)
+
+
+def write_embeddings(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write an embeddings table atomically (temp file + rename)."""
+    if table.column_names != ["drawing_id", "embedding"]:
+        raise InputError(f"not an embeddings table: columns {table.column_names}", source=str(path))
+    return write_parquet_atomic(table, path)
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an embeddings Parquet → (drawing ids as a str array, [N, D] float32 vectors)."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"cannot read embeddings Parquet: {exc}", source=str(path)) from exc
+    if table.column_names[:2] != ["drawing_id", "embedding"]:
+        raise InputError(f"expected columns drawing_id, embedding; got {table.column_names}", source=str(path))
+    column = table.column("embedding").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise InputError(f"embedding column must be a fixed-size list, got {column.type}", source=str(path))
+    ids = table.column("drawing_id").to_numpy(zero_copy_only=False)
+    null_rows = np.flatnonzero(
+        column.is_null().to_numpy(zero_copy_only=False)
+        | table.column("drawing_id").is_null().to_numpy(zero_copy_only=False)
+    )
+    if len(null_rows):
+        row = int(null_rows[0])
+        raise InputError("null embedding or drawing id", source=str(path), record=ids[row] or f"#{row}")
+    dim = column.type.list_size
+    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return ids.astype(str), vectors

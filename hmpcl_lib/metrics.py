@@ -1,0 +1,202 @@
+"""Retrieval metrics of SPEC.md "Evaluation", vectorised over a [Q, K] ranking.
+
+Inputs: `queries` and `gallery` frames with `drawing_id`, `patent_id`, `subclass_code` (nullable) and
+`class_code`; `ranking[q, r]` is the gallery row index at rank r+1 for query q (descending score; -1 pads a
+ranking shorter than K). Queries and gallery are assumed disjoint (the DeepPatent protocol): a query found in
+the gallery would count as its own relevant item.
+
+Patent level (relevant = same patent), over the whole ranking:
+  - mAP: AP = sum_r P@r * rel_r / (number of relevant items in the *whole gallery*), so a truncated ranking
+    that misses relevant items is penalised;
+  - Recall@{1,5,10}: hit rate, 1 if at least one relevant item is in the top k;
+  - MRR@10: 1 / rank of the first relevant item within the top 10, else 0.
+Hierarchy level:
+  - subclass / class mAP@100: relevant = same subclass (a null subclass never matches) / same main class;
+    AP@100 = sum_{r<=100} P@r * rel_r / min(#relevant in gallery, 100). A query with no relevant item at that
+    level (e.g. a null subclass) has no AP there and is left out of that mean only.
+  - graded nDCG@10: gain 3 same patent, else 2 same subclass, else 1 same main class, else 0; linear gains,
+    discount 1 / log2(rank + 1); the ideal DCG sorts the query's gains over the whole gallery.
+Queries with no same-patent item in the gallery are excluded from every metric and counted (`n_excluded`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from hmpcl_lib.errors import InputError
+
+METRIC_COLUMNS = [
+    "patent_map",
+    "patent_recall_at_1",
+    "patent_recall_at_5",
+    "patent_recall_at_10",
+    "patent_mrr_at_10",
+    "subclass_map_at_100",
+    "class_map_at_100",
+    "graded_ndcg_at_10",
+]
+OUTPUT_COLUMNS = ["scope", "n_queries", "n_excluded", *METRIC_COLUMNS]
+REQUIRED_COLUMNS = ("drawing_id", "patent_id", "subclass_code", "class_code")
+RECALL_KS = (1, 5, 10)
+MRR_K = 10
+HIERARCHY_MAP_K = 100
+NDCG_K = 10
+GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS = 3.0, 2.0, 1.0
+
+
+def _check_inputs(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray) -> np.ndarray:
+    for name, frame in (("queries", queries), ("gallery", gallery)):
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise InputError(f"missing columns {missing}", source=name)
+    ranking = np.asarray(ranking)
+    if ranking.ndim != 2 or ranking.shape[0] != queries.height:
+        raise InputError(f"ranking must have shape [{queries.height}, K], got {ranking.shape}", source="ranking")
+    if not np.issubdtype(ranking.dtype, np.integer):
+        raise InputError(f"ranking must hold integer gallery row indices, got {ranking.dtype}", source="ranking")
+    bad = (ranking < -1) | (ranking >= gallery.height)
+    if bad.any():
+        q, r = np.argwhere(bad)[0]
+        raise InputError(
+            f"gallery index {ranking[q, r]} at rank {r + 1} is outside [0, {gallery.height})",
+            source="ranking",
+            record=queries["drawing_id"][int(q)],
+        )
+    return ranking.astype(np.int64, copy=False)
+
+
+def _codes(query_values: pl.Series, gallery_values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Encode both columns with one shared integer dictionary; null becomes -1 (never equal to anything)."""
+    both = pl.concat([query_values.cast(pl.String), gallery_values.cast(pl.String)])
+    codes = both.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
+    return codes[: len(query_values)], codes[len(query_values) :]
+
+
+def _relevance(query_codes: np.ndarray, gallery_codes: np.ndarray, ranking: np.ndarray) -> np.ndarray:
+    """[Q, K] bool: ranked gallery item shares the query's (non-null) key; padded ranks are never relevant."""
+    ranked = np.append(gallery_codes, -2)[ranking]  # rank padding -1 picks the sentinel -2, equal to nothing
+    return (ranked == query_codes[:, None]) & (query_codes[:, None] >= 0)
+
+
+def _gallery_counts(queries: pl.DataFrame, gallery: pl.DataFrame, keys: list[str]) -> np.ndarray:
+    """Per query: number of gallery rows equal on all `keys` (null keys never match)."""
+    counts = gallery.drop_nulls(keys).group_by(keys).agg(pl.len().alias("_n"))
+    joined = queries.select(keys).with_row_index("_q").join(counts, on=keys, how="left")
+    return joined.sort("_q")["_n"].fill_null(0).to_numpy().astype(np.int64)
+
+
+def _average_precision(relevant: np.ndarray, normaliser: np.ndarray) -> np.ndarray:
+    """AP per row: sum of precision at each relevant rank over `normaliser` (NaN where it is 0)."""
+    hits = np.cumsum(relevant, axis=1)
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    summed = (hits / ranks * relevant).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(normaliser > 0, summed / np.maximum(normaliser, 1), np.nan)
+
+
+def _first_hit_rank(relevant: np.ndarray) -> np.ndarray:
+    """1-based rank of the first relevant item per row; a huge number where there is none."""
+    never = np.full(relevant.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+    if relevant.shape[1] == 0:
+        return never
+    return np.where(relevant.any(axis=1), relevant.argmax(axis=1) + 1, never)
+
+
+def _ideal_dcg(n_patent: np.ndarray, n_subclass: np.ndarray, n_class: np.ndarray, k: int) -> np.ndarray:
+    """DCG@k of the best possible list: n_patent gains of 3, then n_subclass of 2, then n_class of 1."""
+    positions = np.arange(k)[None, :]
+    ends_3 = n_patent[:, None]
+    ends_2 = ends_3 + n_subclass[:, None]
+    ends_1 = ends_2 + n_class[:, None]
+    gains = np.select(
+        [positions < ends_3, positions < ends_2, positions < ends_1], [GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS], 0.0
+    )
+    return (gains / np.log2(positions + 2)).sum(axis=1)
+
+
+def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray) -> pl.DataFrame:
+    """One row per query: drawing_id, class_code, `excluded` flag and every metric (null when excluded)."""
+    ranking = _check_inputs(queries, gallery, ranking)
+    q_patent, g_patent = _codes(queries["patent_id"], gallery["patent_id"])
+    q_sub, g_sub = _codes(queries["subclass_code"], gallery["subclass_code"])
+    q_cls, g_cls = _codes(queries["class_code"], gallery["class_code"])
+
+    rel_patent = _relevance(q_patent, g_patent, ranking)
+    rel_sub = _relevance(q_sub, g_sub, ranking)
+    rel_cls = _relevance(q_cls, g_cls, ranking)
+
+    n_patent = _gallery_counts(queries, gallery, ["patent_id"])
+    n_sub = _gallery_counts(queries, gallery, ["subclass_code"])
+    n_cls = _gallery_counts(queries, gallery, ["class_code"])
+    excluded = n_patent == 0
+
+    columns: dict[str, np.ndarray] = {"patent_map": _average_precision(rel_patent, n_patent)}
+    first_hit = _first_hit_rank(rel_patent)
+    for k in RECALL_KS:
+        columns[f"patent_recall_at_{k}"] = (first_hit <= k).astype(np.float64)
+    columns["patent_mrr_at_10"] = np.where(first_hit <= MRR_K, 1.0 / np.minimum(first_hit, MRR_K), 0.0)
+    top = HIERARCHY_MAP_K
+    columns["subclass_map_at_100"] = _average_precision(rel_sub[:, :top], np.minimum(n_sub, top))
+    columns["class_map_at_100"] = _average_precision(rel_cls[:, :top], np.minimum(n_cls, top))
+
+    # Graded gains count the deepest shared level once: counts by inclusion-exclusion over the key sets.
+    gains = np.select(
+        [rel_patent[:, :NDCG_K], rel_sub[:, :NDCG_K], rel_cls[:, :NDCG_K]],
+        [GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS],
+        0.0,
+    )
+    dcg = (gains / np.log2(np.arange(gains.shape[1]) + 2)).sum(axis=1)
+    n_patent_sub = _gallery_counts(queries, gallery, ["patent_id", "subclass_code"])
+    n_patent_cls = _gallery_counts(queries, gallery, ["patent_id", "class_code"])
+    n_sub_cls = _gallery_counts(queries, gallery, ["subclass_code", "class_code"])
+    n_all = _gallery_counts(queries, gallery, ["patent_id", "subclass_code", "class_code"])
+    n_gain_2 = n_sub - n_patent_sub
+    n_gain_1 = n_cls - n_sub_cls - n_patent_cls + n_all
+    ideal = _ideal_dcg(n_patent, n_gain_2, n_gain_1, NDCG_K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        columns["graded_ndcg_at_10"] = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), np.nan)
+
+    frame = pl.DataFrame(
+        {
+            "drawing_id": queries["drawing_id"],
+            "class_code": queries["class_code"].cast(pl.String),
+            "excluded": excluded,
+            **{name: np.where(excluded, np.nan, values) for name, values in columns.items()},
+        }
+    )
+    return frame.with_columns(pl.col(METRIC_COLUMNS).fill_nan(None))
+
+
+def _summarise(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:
+    return (
+        per_query.with_columns(scope.alias("scope"))
+        .group_by("scope", maintain_order=True)
+        .agg(
+            (~pl.col("excluded")).sum().cast(pl.Int64).alias("n_queries"),
+            pl.col("excluded").sum().cast(pl.Int64).alias("n_excluded"),
+            *[pl.col(c).mean().cast(pl.Float64) for c in METRIC_COLUMNS],
+        )
+    )
+
+
+def evaluate(
+    queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray, per_class: bool = True
+) -> pl.DataFrame:
+    """All metrics: a `scope="all"` row, then one row per query main class (sorted), columns OUTPUT_COLUMNS.
+
+    Means are over included queries; a metric with no defined value in a scope is null.
+    """
+    per_query = per_query_metrics(queries, gallery, ranking)
+    parts = [_summarise(per_query, pl.lit("all"))]
+    if per_class:
+        by_class = _summarise(per_query, pl.col("class_code").fill_null("unknown"))
+        parts.append(by_class.sort("scope"))
+    result = pl.concat(parts, how="vertical").select(OUTPUT_COLUMNS)
+    if queries.height == 0:
+        result = pl.DataFrame(
+            {"scope": ["all"], "n_queries": [0], "n_excluded": [0], **{c: [None] for c in METRIC_COLUMNS}},
+            schema={"scope": pl.String, "n_queries": pl.Int64, "n_excluded": pl.Int64}
+            | {c: pl.Float64 for c in METRIC_COLUMNS},
+        )
+    return result

@@ -1,0 +1,236 @@
+"""The user query path: an image file in, the nearest corpus drawings out (patent id, LIC class, score).
+
+Query images come from users, so they are treated as hostile: a path outside `data_root` (when set) is refused,
+the header is read first (PIL opens lazily) and images above `max_pixels` are refused before any pixel is
+decoded, so memory stays bounded; non-images and truncated files raise InputError naming the file.
+
+CLI: python -m hmpcl_lib.search --image drawing.png -k 10 [--model-uri models:/hmpcl-encoder@champion]
+     [--model-checkpoint encoder.pt] [--index data/index] [--hierarchy data/parsed/lic_hierarchy.parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hmpcl_lib.data import load_drawing
+from hmpcl_lib.errors import HmpclError, InputError
+from hmpcl_lib.index import VectorIndex
+from hmpcl_lib.models import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
+RESULT_COLUMNS = ["rank", "drawing_id", "patent_id", "class_code", "subclass_code", "score", "image_path"]
+HIERARCHY_COLUMNS = ["drawing_id", "patent_id", "class_code", "subclass_code", "image_path"]
+
+
+def check_query_path(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """Resolve `path` (symlinks included) and refuse it when it escapes `data_root` or is not a file."""
+    resolved = Path(path).expanduser().resolve()
+    if data_root is not None and not resolved.is_relative_to(Path(data_root).expanduser().resolve()):
+        raise InputError(f"query image is outside the data root {data_root}", source=str(path))
+    if not resolved.is_file():
+        raise InputError("query image does not exist or is not a regular file", source=str(path))
+    return resolved
+
+
+def open_query_image(
+    path: str | os.PathLike, data_root: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Checked, fully decoded RGB image; the size is checked from the header before decoding."""
+    resolved = check_query_path(path, data_root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
+            with Image.open(resolved) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image is too large, above the pixel limit ({exc})", source=str(path)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"not a readable image ({type(exc).__name__}: {exc})", source=str(path)) from exc
+    if width * height > max_pixels:
+        raise InputError(
+            f"image is {width}x{height} = {width * height} pixels, above the pixel limit of {max_pixels}", source=str(path)
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return load_drawing(str(resolved), "RGB")
+
+
+def load_checkpoint_model(path: str | os.PathLike) -> torch.nn.Module:
+    """A torch.save'd Encoder, or a dict with `encoder_config` + `model` (state dict), as training writes."""
+    from hmpcl_lib.models import rebuild_encoder
+
+    if not Path(path).is_file():
+        raise InputError("model checkpoint not found", source=str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise InputError(f"cannot load model checkpoint ({type(exc).__name__}: {exc})", source=str(path)) from exc
+    if isinstance(obj, torch.nn.Module):
+        return obj.eval()
+    if isinstance(obj, dict) and "encoder_config" in obj and "model" in obj:
+        return rebuild_encoder(obj["encoder_config"], obj["model"]).eval()
+    raise InputError("not an encoder checkpoint (needs an nn.Module or 'encoder_config' + 'model')", source=str(path))
+
+
+class Searcher:
+    """Embeds a query image with the encoder and looks it up in the gallery index."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        index: VectorIndex,
+        hierarchy: pl.DataFrame,
+        data_root: str | os.PathLike | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        device: str | torch.device = "cpu",
+        image_size: int | None = None,
+    ):
+        config: dict[str, Any] = dict(getattr(model, "config", None) or {})
+        image_size = image_size or config.get("image_size")
+        if not image_size:
+            raise ValueError("image_size not given and model.config has no 'image_size'")
+        output_dim = getattr(model, "output_dim", None)
+        if output_dim is not None and output_dim != index.dim:
+            raise InputError(f"model gives {output_dim}-d embeddings but the index holds {index.dim}-d", source="index")
+        missing = [c for c in HIERARCHY_COLUMNS if c not in hierarchy.columns]
+        if missing:
+            raise InputError(f"hierarchy table lacks columns {missing}", source="hierarchy")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.index = index
+        self.hierarchy = hierarchy.select(HIERARCHY_COLUMNS).unique("drawing_id", keep="first", maintain_order=True)
+        self.data_root = data_root
+        self.max_pixels = max_pixels
+        self.transform = build_transform(
+            int(image_size), train=False, mean=config.get("mean", IMAGENET_MEAN), std=config.get("std", IMAGENET_STD)
+        )
+
+    def embed_image(self, path: str | os.PathLike) -> np.ndarray:
+        """[1, D] float32 unit vector of the query image (after the hostile-input checks)."""
+        image = open_query_image(path, self.data_root, self.max_pixels)
+        with torch.inference_mode():
+            vector = self.model(self.transform(image).unsqueeze(0).to(self.device))
+        return torch.nn.functional.normalize(vector.float(), dim=-1).cpu().numpy()
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> pl.DataFrame:
+        ids, scores = self.index.search(vector, k)
+        found = np.array([i is not None for i in ids[0]], dtype=bool)
+        hits = pl.DataFrame(
+            {
+                "rank": np.arange(1, found.sum() + 1, dtype=np.int64),
+                "drawing_id": pl.Series(ids[0][found].tolist(), dtype=pl.String),
+                "score": scores[0][found].astype(np.float64),
+            }
+        )
+        joined = hits.join(self.hierarchy, on="drawing_id", how="left", maintain_order="left")
+        return joined.select(RESULT_COLUMNS)
+
+    def search_image(self, path: str | os.PathLike, k: int = 10) -> pl.DataFrame:
+        """Top-k gallery drawings for a query image: RESULT_COLUMNS, best first (fewer rows if the index is small)."""
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}", source="search")
+        return self.search_vector(self.embed_image(path), k)
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.model_checkpoint:
+        return load_checkpoint_model(args.model_checkpoint)
+    import mlflow  # noqa: PLC0415 - only the MLflow path needs it
+    import mlflow.pytorch  # noqa: PLC0415
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    try:
+        return mlflow.pytorch.load_model(args.model_uri, map_location="cpu").eval()
+    except mlflow.exceptions.MlflowException as exc:
+        raise InputError(f"cannot load the model from {args.tracking_uri}: {exc}", source=args.model_uri) from exc
+
+
+def _model_run_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The MLflow run behind `models:/name@alias` or `models:/name/version` (None for other URIs)."""
+    import mlflow  # noqa: PLC0415
+
+    if not model_uri.startswith("models:/"):
+        return model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
+    name, _, ref = model_uri[len("models:/"):].partition("@")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if ref:
+            return client.get_model_version_by_alias(name, ref).run_id
+        name, _, version = name.partition("/")
+        return client.get_model_version(name, version).run_id if version else None
+    except mlflow.exceptions.MlflowException as exc:
+        raise InputError(f"cannot resolve the model in {tracking_uri}: {exc}", source=model_uri) from exc
+
+
+def default_index_dir(args: argparse.Namespace, data: Path) -> Path:
+    """The `gallery_index` asset writes data/index/<MLflow run id>: pick the one built by the requested model."""
+    run_id = None if args.model_checkpoint else _model_run_id(args.model_uri, args.tracking_uri)
+    if run_id is None:
+        raise InputError("pass --index DIR (cannot tell which index belongs to this model)", source="search")
+    return data / "index" / run_id
+
+
+def _parser() -> argparse.ArgumentParser:
+    data = Path(os.environ.get("HMPCL_DATA_ROOT", "data"))
+    p = argparse.ArgumentParser(prog="python -m hmpcl_lib.search", description="Find the drawings nearest to an image.")
+    p.add_argument("--image", required=True, help="query image file")
+    p.add_argument("-k", "--k", type=int, default=10, help="number of results")
+    p.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="MLflow model URI")
+    p.add_argument("--model-checkpoint", help="encoder file instead of MLflow (torch.save'd Encoder or checkpoint)")
+    p.add_argument("--index", default=os.environ.get("HMPCL_INDEX_DIR"),
+                   help="index directory (default: the gallery_index of the model's MLflow run)")
+    p.add_argument("--hierarchy", default=str(data / "parsed" / "lic_hierarchy.parquet"), help="lic_hierarchy Parquet")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    p.add_argument("--data-root", help="refuse query images outside this folder")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-png", help="also save a picture of the query and its results")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        hierarchy_path = Path(args.hierarchy)
+        if not hierarchy_path.is_file():
+            raise InputError("hierarchy table not found", source=str(hierarchy_path))
+        index_dir = args.index or default_index_dir(args, Path(os.environ.get("HMPCL_DATA_ROOT", "data")))
+        searcher = Searcher(
+            _load_model(args),
+            VectorIndex.load(index_dir),
+            pl.read_parquet(hierarchy_path),
+            data_root=args.data_root,
+            max_pixels=args.max_pixels,
+            device=args.device,
+        )
+        results = searcher.search_image(args.image, args.k)
+    except HmpclError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table_style = dict(tbl_rows=max(args.k, 10), tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200)
+    with pl.Config(**table_style, tbl_hide_dataframe_shape=True):
+        print(results.drop("image_path"))
+    if args.out_png:
+        from hmpcl_lib.plots import results_grid_png  # noqa: PLC0415
+
+        query_path = str(Path(args.image).resolve())
+        same_file = searcher.hierarchy.filter(pl.col("image_path") == query_path)
+        query_patent = same_file["patent_id"][0] if same_file.height else None
+        results_grid_png(args.image, results, args.out_png, query_patent_id=query_patent)
+        print(f"picture: {args.out_png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
