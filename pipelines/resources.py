@@ -111,3 +111,25 @@ class MlflowTracking(dg.ConfigurableResource):
     def config(self) -> TrackingConfig:
         return TrackingConfig(self.tracking_uri, self.experiment, self.registered_model, self.artifact_root,
                               self.ui_url)
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    """Where `trained_encoder` runs training through Dagster Pipes: a local subprocess or a Kubernetes pod,
+    optionally under torchrun. Switching is config only (these fields, or the HMPCL_TRAINING_* env vars)."""
+
+    kind: str = Field(default_factory=lambda: _env("HMPCL_TRAINING_LAUNCHER", "subprocess"),
+                      description="'subprocess' (dg.PipesSubprocessClient) or 'k8s' (dagster_k8s.PipesK8sClient)")
+    nproc_per_node: int = Field(default_factory=lambda: int(_env("HMPCL_TRAINING_NPROC", "1")),
+                                description="> 1: run the training script under torchrun with this many processes")
+    python: str = Field(default="", description="interpreter; '' = the current one (subprocess), 'python' (k8s)")
+    image: str = Field(default_factory=lambda: _env("HMPCL_IMAGE", ""), description="k8s: the training image")
+    namespace: str = Field(default_factory=lambda: _env("HMPCL_K8S_NAMESPACE", "dagster"))
+    pod_spec_file: str = Field(default_factory=lambda: _env("HMPCL_K8S_POD_SPEC", ""),
+                               description="k8s: YAML base pod spec (GPU limits, volumes, tolerations)")
+    gpus: int = Field(default=1, description="k8s: nvidia.com/gpu limit of the training container")
+    load_incluster_config: bool = Field(default=True, description="k8s: False uses the local kubeconfig")
+
+    def launch(self, context: dg.AssetExecutionContext, extras: dict) -> "dg.PipesClientCompletedInvocation":
+        from pipelines.launchers import launch_training
+
+        return launch_training(context, self, extras)

@@ -113,3 +113,17 @@ def test_rematerializing_data_gives_identical_files(env):
                             resources=env["resources"], instance=env["instance"], run_config=env["run_config"])
     assert result.success
     assert _hashes(parsed + embeddings) == before
+
+
+def test_search_cli_finds_the_champions_index(env, monkeypatch, capsys):
+    from hmpcl_lib.search import main
+
+    store, cfg = env["store"], env["tracking"].config
+    monkeypatch.setenv("HMPCL_DATA_ROOT", str(store.base))
+    hier = pl.read_parquet(store.hierarchy_path)
+    query = hier.sort("drawing_id")["image_path"][0]
+    code = main(["--image", query, "-k", "3", "--model-uri", f"models:/{cfg.registered_model}@champion",
+                 "--tracking-uri", cfg.tracking_uri, "--hierarchy", str(store.hierarchy_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert hier.sort("drawing_id")["drawing_id"][0] in out  # the drawing itself is in the corpus index

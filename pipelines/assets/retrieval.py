@@ -13,6 +13,7 @@ from hmpcl_lib import tracking
 from hmpcl_lib.experiment import (TrainedModel, comparison_table, evaluate_model, load_model, log_benchmark,
                                   overall_metrics, train_tracked)
 from hmpcl_lib.io import file_sha256
+from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown, markdown_table, table_metadata
 from pipelines.resources import DataStore, MlflowTracking
 
@@ -36,7 +37,7 @@ class Embeddings:
     dim: int
 
 
-@dg.asset(group_name="retrieval", pool="gpu", kinds={"pytorch", "parquet"})
+@dg.asset(group_name="retrieval", pool="gpu", op_tags=GPU_POD_TAGS, kinds={"pytorch", "parquet"})
 def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
                       mlflow_tracking: MlflowTracking) -> dg.Output[Embeddings]:
     """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""

@@ -1,15 +1,18 @@
-"""The training asset: fine-tune the encoder with the hierarchical (or baseline) loss, tracked in MLflow."""
+"""The training asset: fine-tune the encoder with the hierarchical (or baseline) loss, tracked in MLflow, run out of
+process through Dagster Pipes (see pipelines/launchers.py and docs/DEPLOY.md)."""
 
 
 import dataclasses
+import warnings
 from typing import Optional
 
 import dagster as dg
 
-from hmpcl_lib.experiment import TrainedModel, train_tracked
+from hmpcl_lib.experiment import TrainedModel
 from hmpcl_lib.training import TrainConfig
 from pipelines.assets.data import splits
-from pipelines.resources import DataStore, MlflowTracking
+from pipelines.launchers import GPU_POD_TAGS, trained_model_from_metadata
+from pipelines.resources import DataStore, MlflowTracking, TrainingLauncher
 
 
 class TrainingConfig(dg.Config):
@@ -38,28 +41,41 @@ class TrainingConfig(dg.Config):
         return TrainConfig(**values)
 
 
-@dg.asset(deps=[splits], group_name="model", pool="gpu", kinds={"pytorch", "mlflow"})
-def trained_encoder(context: dg.AssetExecutionContext, config: TrainingConfig, store: DataStore,
-                    mlflow_tracking: MlflowTracking) -> dg.Output[TrainedModel]:
-    """An image encoder fine-tuned on the train split; params, curves, checkpoint and model live in one MLflow run.
-    Same config and data as a finished run → that run is reused, not trained again."""
+# The launcher is bound on the asset so every caller (definitions, tests, `dg.materialize`) gets a working default;
+# switch it with run config (`resources: training_launcher: config: {kind: k8s, image: ...}`) or HMPCL_TRAINING_*.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # asset-level resource_defs
 
-    def report(step: int, metrics: dict) -> None:
-        if "epoch_loss" in metrics:
-            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    @dg.asset(deps=[splits], group_name="model", pool="gpu", kinds={"pytorch", "mlflow"}, op_tags=GPU_POD_TAGS,
+              resource_defs={"training_launcher": TrainingLauncher()})
+    def trained_encoder(context: dg.AssetExecutionContext, config: TrainingConfig, store: DataStore,
+                        mlflow_tracking: MlflowTracking,
+                        training_launcher: TrainingLauncher) -> dg.Output[TrainedModel]:
+        """An image encoder fine-tuned on the train split; params, curves, checkpoint and model live in one MLflow run.
+        Training runs out of process through Dagster Pipes (subprocess, torchrun or a k8s pod); same config and data
+        as a finished run → that run is reused, not trained again."""
+        tracking_cfg = mlflow_tracking.config
+        extras = {
+            "train_config": dataclasses.asdict(config.to_train_config()),
+            "hierarchy_path": str(store.hierarchy_path),
+            "splits_path": str(store.splits_path),
+            "out_dir": str(store.models_dir),
+            "tracking": dataclasses.asdict(tracking_cfg),
+            "variant": config.loss,
+            "reuse": True,
+        }
+        invocation = training_launcher.launch(context, extras)
+        reported = invocation.get_materialize_result()
+        model = trained_model_from_metadata(reported.metadata or {})
+        epoch_losses = [m["epoch_loss"] for m in invocation.get_custom_messages()
+                        if isinstance(m, dict) and "epoch_loss" in m]
+        from hmpcl_lib.tracking import run_url
 
-    tracking = mlflow_tracking.config
-    model = train_tracked(config.to_train_config(), store.hierarchy_path, store.splits_path, store.models_dir,
-                          tracking, on_metrics=report)
-    from hmpcl_lib.tracking import run_url
-
-    meta = {
-        "mlflow_run": dg.MetadataValue.url(run_url(tracking, model.run_id)),
-        "mlflow_run_id": model.run_id,
-        "model_uri": model.model_uri,
-        "loss": model.variant,
-        "final_loss": dg.MetadataValue.float(float(model.final_loss)) if model.final_loss is not None else None,
-        "reused_finished_run": model.reused,
-        "fingerprint": model.fingerprint,
-    }
-    return dg.Output(model, metadata={k: v for k, v in meta.items() if v is not None})
+        meta = {
+            **(reported.metadata or {}),
+            "mlflow_run": dg.MetadataValue.url(run_url(tracking_cfg, model.run_id)),
+            "launcher": training_launcher.kind,
+            "processes": training_launcher.nproc_per_node,
+            "epoch_losses": dg.MetadataValue.json(epoch_losses) if epoch_losses else None,
+        }
+        return dg.Output(model, metadata={k: v for k, v in meta.items() if v is not None})
