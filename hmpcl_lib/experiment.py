@@ -114,7 +114,7 @@ def log_benchmark(result, run_id: str | None, cfg: tracking.TrackingConfig, name
 
 def overall_metrics(metrics: pl.DataFrame) -> dict[str, float]:
     row = metrics.filter(pl.col("scope") == "all").row(0, named=True)
-    return {k: float(v) for k, v in row.items() if k != "scope" and v is not None}
+    return {k: (int(v) if k.startswith("n_") else float(v)) for k, v in row.items() if k != "scope" and v is not None}
 
 
 def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
