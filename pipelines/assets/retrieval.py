@@ -213,6 +213,8 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
                                   store.models_dir, cfg, variant=loss)
             model = load_model(other.model_uri, cfg)
         results[loss] = evaluate_model(model, hier, spl, size)
+        if loss != trained_encoder.variant:  # its own run gets its benchmark, like the trained encoder's
+            log_benchmark(results[loss], other.run_id, cfg, "retrieval_benchmark")
     table = comparison_table(results)
     md = markdown_table(table)
     context.log.info("model comparison on the test split:\n" + md)
