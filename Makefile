@@ -13,7 +13,7 @@ export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev,k8s,bench]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -37,9 +37,13 @@ mlflow: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) \
 		--default-artifact-root $(HMPCL_MLFLOW_ARTIFACTS) --host 127.0.0.1 --port 5000 --workers 1
 
+## The benchmark scripts behind the README's figures (each prints a markdown table).
 bench: setup
-	$(PY) benchmarks/loss_bench.py
-	$(PY) benchmarks/search_bench.py --skip-1m
+	$(PY) benchmarks/loss_bench.py --sizes 256 1024 4096
+	$(PY) benchmarks/search_bench.py --sizes 10000 100000
+	$(PY) benchmarks/train_throughput.py --backbone efficientnet_lite0 --image-size 128
+	$(PY) benchmarks/embed_bench.py --sizes 128 224
+	$(PY) benchmarks/parse_bench.py --records 200000
 
 clean:
 	rm -rf data .dagster mlflow.db mlartifacts
