@@ -28,7 +28,7 @@ class TrainingConfig(dg.Config):
     learn_temperature: bool = False
     embed_dim: int = 256
     batch_size: int = 64
-    epochs: int = 4
+    epochs: int = 8
     steps_per_epoch: Optional[int] = None
     lr: float = 3e-4
     image_size: int = 128
