@@ -43,11 +43,3 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def table_fingerprint(table: pa.Table) -> str:
-    """Content hash of a table (schema + values), independent of Parquet encoding details."""
-    h = hashlib.sha256(str(table.schema).encode())
-    for batch in table.to_batches():
-        for col in batch.columns:
-            h.update(str(col.to_pylist()).encode())
-    return h.hexdigest()

@@ -13,24 +13,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training import make_drawing_table, tiny_config  # noqa: E402
+# the same fixtures as test_training (one torch thread, the tiny drawing table): imported, so pytest registers them
+from test_training import drawing_table, one_torch_thread, tiny_config  # noqa: E402,F401
 
 from hmpcl_lib.training import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def drawing_table(tmp_path_factory):
-    return make_drawing_table(tmp_path_factory.mktemp("drawings"))
 
 
 class Crash(Exception):

@@ -168,9 +168,6 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
             hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
             champ_value = overall_metrics(evaluate_model(model, hier, spl, _image_size(trained_encoder)).metrics)["patent_map"]
     decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
-    client = tracking.client(cfg)
-    client.set_model_version_tag(cfg.registered_model, str(version.version), "split_fingerprint",
-                                 retrieval_benchmark.split_fingerprint)
     context.log.info(f"champion decision for v{version.version}: {decision.reason}")
     return dg.MaterializeResult(metadata=_clean({
         "registered_model": cfg.registered_model,
