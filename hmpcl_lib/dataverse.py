@@ -2,8 +2,9 @@
 
 Standard library only (urllib), so the data stage runs wherever Python does. A year of DeepPatent2 is tens of
 GB split into `YYYY.aa`, `YYYY.ab`, ... parts; connections do drop on such transfers, so a download streams to
-`<dest>.part`, resumes with an HTTP Range request, verifies size + md5 from the listing, and only then renames
-the file into place: a file at `dest` is always complete and verified.
+`<dest>.part`, resumes with an HTTP Range request, verifies size + checksum from the listing (with the algorithm the
+listing declares: MD5, SHA-1, SHA-256 or SHA-512), and only then renames the file into place: a file at `dest` is
+always complete and verified.
 """
 
 from __future__ import annotations
@@ -30,6 +31,39 @@ DEFAULT_BASE_URL = "https://dataverse.harvard.edu"
 DEEPPATENT2_DOI = "doi:10.7910/DVN/UG4SBD"
 _CHUNK = 1 << 20
 
+# Dataverse's checksum types (`dataFile.checksum.type`) -> hashlib algorithm names.
+CHECKSUM_ALGORITHMS = {"MD5": "md5", "SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
+_ALGORITHM_BY_KEY = {name.replace("-", ""): algorithm for name, algorithm in CHECKSUM_ALGORITHMS.items()}  # SHA1, sha-1
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A declared digest: hashlib `algorithm` (`md5`, `sha1`, `sha256`, `sha512`) and lower-case hex `value`."""
+
+    algorithm: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in CHECKSUM_ALGORITHMS.values():
+            raise ValueError(f"unsupported checksum algorithm {self.algorithm!r}")
+        value, digits = self.value.strip().lower(), 2 * hashlib.new(self.algorithm).digest_size
+        if not re.fullmatch(rf"[0-9a-f]{{{digits}}}", value):
+            raise ValueError(f"{self.algorithm} checksum {self.value!r} is not {digits} hex digits")
+        object.__setattr__(self, "value", value)
+
+    @classmethod
+    def from_dataverse(cls, checksum_type: str, value: str) -> Checksum:
+        """`checksum.{type,value}` of a listing (`SHA-1`, ...); an unknown type raises ValueError."""
+        algorithm = _ALGORITHM_BY_KEY.get(str(checksum_type).strip().upper().replace("-", ""))
+        if algorithm is None:
+            raise ValueError(f"unknown checksum type {checksum_type!r} (known: {', '.join(CHECKSUM_ALGORITHMS)})")
+        return cls(algorithm, str(value))
+
+    def of_file(self, path: str | os.PathLike) -> str:
+        """The hex digest of `path` with this algorithm."""
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, self.algorithm).hexdigest()
+
 
 @dataclass(frozen=True)
 class DataverseFile:
@@ -38,7 +72,7 @@ class DataverseFile:
     id: int
     filename: str
     filesize: int | None
-    md5: str | None
+    checksum: Checksum | None
 
 
 class _Retryable(Exception):
@@ -91,9 +125,25 @@ def check_part_sequence(suffixes: list[str], year: int | str, source: str | None
 
 
 def parse_dataset_listing(payload: dict, source: str = "dataverse listing") -> list[DataverseFile]:
-    """`data.latestVersion.files[].dataFile` of a Dataverse dataset JSON -> DataverseFile list."""
+    """`data.latestVersion.files[].dataFile` of a Dataverse dataset JSON -> DataverseFile list.
+
+    The checksum is `dataFile.checksum.{type,value}` (`md5` alone, which Dataverse adds only for MD5, is accepted
+    too); an unknown checksum type is an InputError naming the file, raised here, before anything is downloaded.
+    A dataset without `latestVersion` (deaccessioned, or no version visible) is an InputError too.
+    """
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
+        status = payload.get("status") if isinstance(payload, dict) else None
+        raise InputError(f"no data object in the listing (status {status!r})", source=source)
+    if "latestVersion" not in data:
+        dataset = data.get("persistentUrl") or data.get("identifier") or data.get("id", "?")
+        raise InputError(
+            f"dataset {dataset} has no latestVersion: it is deaccessioned or has no released version visible "
+            "to this request, so there are no files to list",
+            source=source,
+        )
     try:
-        entries = payload["data"]["latestVersion"]["files"]
+        entries = data["latestVersion"]["files"]
     except (KeyError, TypeError) as exc:
         raise InputError(f"no data.latestVersion.files in the listing ({exc!r})", source=source) from None
     if not isinstance(entries, list):
@@ -103,6 +153,7 @@ def parse_dataset_listing(payload: dict, source: str = "dataverse listing") -> l
         data_file = entry.get("dataFile") if isinstance(entry, dict) else None
         if not isinstance(data_file, dict) or "id" not in data_file or "filename" not in data_file:
             raise InputError("entry has no dataFile.id/filename", source=source, record=f"#{position}")
+        record = f"#{position} ({data_file['filename']})"
         try:
             size = data_file.get("filesize")
             files.append(
@@ -110,12 +161,23 @@ def parse_dataset_listing(payload: dict, source: str = "dataverse listing") -> l
                     id=int(data_file["id"]),
                     filename=str(data_file["filename"]),
                     filesize=None if size is None else int(size),
-                    md5=data_file.get("md5") or (data_file.get("checksum") or {}).get("value"),
+                    checksum=_listed_checksum(data_file),
                 )
             )
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"bad dataFile fields: {exc}", source=source, record=f"#{position}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"bad dataFile fields: {exc}", source=source, record=record) from None
     return files
+
+
+def _listed_checksum(data_file: dict) -> Checksum | None:
+    declared = data_file.get("checksum")
+    if declared is not None:
+        if not isinstance(declared, dict) or not declared.get("type") or not declared.get("value"):
+            raise ValueError(f"checksum must have a type and a value, got {declared!r}")
+        return Checksum.from_dataverse(declared["type"], declared["value"])
+    if data_file.get("md5"):  # older servers: md5 alone
+        return Checksum("md5", str(data_file["md5"]))
+    return None
 
 
 def _open(url: str, opener: urllib.request.OpenerDirector | None, timeout: float, headers: dict | None = None):
@@ -159,21 +221,13 @@ def datafile_url(base_url: str, file_id: int) -> str:
     return f"{base_url.rstrip('/')}/api/access/datafile/{file_id}"
 
 
-def file_md5(path: str | os.PathLike, chunk: int = _CHUNK) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verify(path: Path, expected_size: int | None, expected_md5: str | None) -> str | None:
-    """None when `path` matches the expected size and md5, else what is wrong."""
+def _verify(path: Path, expected_size: int | None, expected: Checksum | None) -> str | None:
+    """None when `path` matches the expected size and checksum, else what is wrong."""
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
         return f"size {size} != expected {expected_size}"
-    if expected_md5 is not None and (actual := file_md5(path)) != expected_md5.lower():
-        return f"md5 {actual} != expected {expected_md5.lower()}"
+    if expected is not None and (actual := expected.of_file(path)) != expected.value:
+        return f"{expected.algorithm} {actual} != expected {expected.value}"
     return None
 
 
@@ -229,7 +283,7 @@ def download_file(
     url_or_file: str | DataverseFile,
     dest: str | os.PathLike,
     expected_size: int | None = None,
-    expected_md5: str | None = None,
+    expected_checksum: Checksum | None = None,
     retries: int = 5,
     backoff: float = 2.0,
     max_backoff: float = 120.0,
@@ -240,13 +294,13 @@ def download_file(
 ) -> Path:
     """Download to `dest` (resume, verify, atomic rename); skip if `dest` is already there and verified.
 
-    A DataverseFile supplies its URL, size and md5. Transient failures are retried up to `retries` times with
+    A DataverseFile supplies its URL, size and checksum (any of the listing's algorithms). Transient failures are retried up to `retries` times with
     exponential backoff (`backoff * 2**attempt` s); a 4xx or a final failure raises DownloadError naming the URL.
     """
     if isinstance(url_or_file, DataverseFile):
         url = datafile_url(base_url, url_or_file.id)
         expected_size = url_or_file.filesize if expected_size is None else expected_size
-        expected_md5 = url_or_file.md5 if expected_md5 is None else expected_md5
+        expected_checksum = url_or_file.checksum if expected_checksum is None else expected_checksum
     else:
         url = url_or_file
     dest = Path(dest)
@@ -254,7 +308,7 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
 
     if dest.exists():
-        problem = _verify(dest, expected_size, expected_md5)
+        problem = _verify(dest, expected_size, expected_checksum)
         if problem is None:
             log.info("%s already downloaded and verified", dest)
             return dest
@@ -271,7 +325,7 @@ def download_file(
             last_problem = str(exc)
             log.warning("GET %s attempt %d/%d: %s", url, attempt + 1, retries + 1, exc)
             continue
-        problem = _verify(part, expected_size, expected_md5)
+        problem = _verify(part, expected_size, expected_checksum)
         if problem is None:
             os.replace(part, dest)
             return dest

@@ -37,9 +37,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> 
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file, streamed (`chunk` is kept for callers; hashlib.file_digest picks its own buffer)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 

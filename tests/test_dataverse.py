@@ -1,10 +1,15 @@
-"""Dataverse listing + resumable, checksummed download against a real loopback HTTP server with injected faults."""
+"""Dataverse listing + resumable, checksummed download against a real loopback HTTP server with injected faults.
+
+Listings are built in the shape of real Dataverse answers: `dataFile.checksum.{type,value}` with MD5, SHA-1,
+SHA-256 or SHA-512, and `md5` only when the type is MD5.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -15,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from hmpcl_lib.dataverse import (
+    CHECKSUM_ALGORITHMS,
+    Checksum,
     DataverseFile,
     check_part_sequence,
     download_file,
@@ -132,13 +139,26 @@ def server():
     httpd.server_close()
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
+def _md5(data: bytes) -> Checksum:
+    return Checksum("md5", hashlib.md5(data).hexdigest())
 
 
-def _listing(entries: list[tuple[int, str, bytes]]) -> dict:
-    files = [{"dataFile": {"id": i, "filename": n, "filesize": len(d), "md5": _md5(d)}} for i, n, d in entries]
-    return {"status": "OK", "data": {"latestVersion": {"files": files}}}
+def _entry(file_id: int, name: str, data: bytes, checksum_type: str = "MD5") -> dict:
+    """One `files[]` entry as Dataverse writes it (`md5` appears only for the MD5 type)."""
+    value = hashlib.new(CHECKSUM_ALGORITHMS[checksum_type], data).hexdigest()
+    data_file = {
+        "id": file_id, "persistentId": "", "filename": name, "contentType": "application/octet-stream",
+        "filesize": len(data), "rootDataFileId": -1, "checksum": {"type": checksum_type, "value": value},
+        "tabularData": False,
+    }
+    if checksum_type == "MD5":
+        data_file["md5"] = value
+    return {"label": name, "restricted": False, "version": 1, "datasetVersionId": 35152, "dataFile": data_file}
+
+
+def _listing(entries: list[tuple[int, str, bytes]], checksum_type: str = "MD5") -> dict:
+    files = [_entry(i, n, d, checksum_type) for i, n, d in entries]
+    return {"status": "OK", "data": {"id": 657658, "latestVersion": {"versionState": "RELEASED", "files": files}}}
 
 
 # ---------------------------------------------------------------- listing
@@ -298,3 +318,91 @@ def test_download_from_dataverse_file_uses_listing_checksum(server, tmp_path):
     with pytest.raises(DownloadError, match="/api/access/datafile/21"):
         download_file(entry, tmp_path / "2019.aa", base_url=server.base_url, retries=1, **FAST)
     assert not Path(tmp_path / "2019.aa").exists()
+
+
+# ---------------------------------------------------------------- checksum algorithms (as the listing declares them)
+
+
+@pytest.mark.parametrize("checksum_type", ["SHA-1", "SHA-256", "SHA-512", "MD5"])
+def test_year_verified_with_the_declared_algorithm_end_to_end(server, tmp_path, checksum_type):
+    part_a, part_b = PAYLOAD[:25_000], PAYLOAD[25_000:]
+    server.add(11, part_a, Faults(drop_after=[999]))  # resumed, then verified over the whole file
+    server.add(12, part_b)
+    server.listing = _listing([(11, "2019.aa", part_a), (12, "2019.ab", part_b)], checksum_type)
+    files = list_dataset_files(server.base_url, DOI)
+    algorithm = CHECKSUM_ALGORITHMS[checksum_type]
+    assert files[0].checksum == Checksum(algorithm, hashlib.new(algorithm, part_a).hexdigest())
+    paths = download_year(2019, tmp_path / "raw", base_url=server.base_url, doi=DOI, **FAST)
+    assert b"".join(p.read_bytes() for p in paths) == PAYLOAD
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["2019.aa", "2019.ab"]
+
+
+def test_wrong_sha1_is_retried_then_download_error(server, tmp_path):
+    server.add(31, PAYLOAD, Faults(wrong_bytes=99))
+    server.listing = _listing([(31, "2019.aa", PAYLOAD)], "SHA-1")
+    with pytest.raises(DownloadError) as excinfo:
+        download_year(2019, tmp_path / "raw", base_url=server.base_url, doi=DOI, retries=2, **FAST)
+    message = str(excinfo.value)
+    assert "/api/access/datafile/31" in message and "3 attempts" in message
+    # the served bytes' SHA-1 against the declared one (an md5 compared with a SHA-1 value would fail every time)
+    assert re.search(rf"sha1 [0-9a-f]{{40}} != expected {hashlib.sha1(PAYLOAD).hexdigest()}", message)
+    assert len(server.requests_for("/api/access/datafile/31")) == 3
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_sha1_file_already_in_place_is_verified_not_downloaded(server, tmp_path):
+    path = server.add(32, PAYLOAD)
+    server.listing = _listing([(32, "2019.aa", PAYLOAD)], "SHA-1")
+    (tmp_path / "2019.aa").write_bytes(PAYLOAD)
+    download_year(2019, tmp_path, base_url=server.base_url, doi=DOI, **FAST)
+    assert server.requests_for(path) == []
+
+
+def test_unknown_checksum_type_fails_at_listing_time_naming_the_file(server, tmp_path):
+    path = server.add(41, PAYLOAD)
+    server.listing = _listing([(40, "README.txt", b"r"), (41, "2019.aa", PAYLOAD)], "SHA-256")
+    server.listing["data"]["latestVersion"]["files"][1]["dataFile"]["checksum"] = {"type": "CRC32", "value": "1c291ca3"}
+    with pytest.raises(InputError) as excinfo:
+        download_year(2019, tmp_path, base_url=server.base_url, doi=DOI, **FAST)
+    err = excinfo.value
+    assert err.record == "#1 (2019.aa)" and "unknown checksum type 'CRC32'" in err.reason and "SHA-1" in err.reason
+    assert DOI.removeprefix("doi:") in err.source  # the listing URL
+    assert server.requests_for(path) == []  # nothing downloaded
+
+
+@pytest.mark.parametrize(
+    ("checksum", "reason"),
+    [
+        ({"type": "SHA-1"}, "checksum must have a type and a value"),
+        ({"type": "SHA-1", "value": "abc"}, "sha1 checksum 'abc' is not 40 hex digits"),
+        ("0c4cd4ed411caf3f127131c4dadda0ef", "checksum must have a type and a value"),
+    ],
+)
+def test_malformed_checksum_is_input_error(checksum, reason):
+    listing = _listing([(1, "2019.aa", b"a")], "SHA-1")
+    listing["data"]["latestVersion"]["files"][0]["dataFile"]["checksum"] = checksum
+    with pytest.raises(InputError, match=reason) as excinfo:
+        parse_dataset_listing(listing, source="listing.json")
+    assert excinfo.value.record == "#0 (2019.aa)" and excinfo.value.source == "listing.json"
+
+
+def test_md5_alone_and_no_checksum_are_accepted():
+    listing = {"data": {"latestVersion": {"files": [
+        {"dataFile": {"id": 1, "filename": "2019.aa", "filesize": 1, "md5": "0CC175B9C0F1B6A831C399E269772661"}},
+        {"dataFile": {"id": 2, "filename": "2019.ab"}},
+    ]}}}
+    assert parse_dataset_listing(listing) == [
+        DataverseFile(1, "2019.aa", 1, Checksum("md5", "0cc175b9c0f1b6a831c399e269772661")),
+        DataverseFile(2, "2019.ab", None, None),
+    ]
+
+
+def test_deaccessioned_dataset_is_a_clear_error(server):
+    # A deaccessioned dataset's answer (shape of 10.7910/DVN/P7UKWR): status OK, data without latestVersion.
+    server.listing = {"status": "OK", "data": {
+        "id": 3005799, "identifier": "DVN/P7UKWR", "persistentUrl": "https://doi.org/10.7910/DVN/P7UKWR",
+        "protocol": "doi", "authority": "10.7910", "publisher": "Harvard Dataverse", "locks": [],
+    }}
+    with pytest.raises(InputError, match=r"DVN/P7UKWR has no latestVersion: it is deaccessioned") as excinfo:
+        list_dataset_files(server.base_url, DOI)
+    assert "persistentId" in excinfo.value.source
