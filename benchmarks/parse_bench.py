@@ -70,8 +70,9 @@ def generate(root: Path, records: int, year: int, images: bool, seed: int = 0) -
                     "object": thing, "aspect": ASPECTS[fig - 1], "figure_file": f"{stem}.png",
                     "subfigure_file": f"{stem}_1.png", "object_title": thing.capitalize(),
                     "x_figure": rng.randint(0, 300), "y_figure": rng.randint(0, 300), "w_figure": rng.randint(100, 900),
-                    "h_figure": rng.randint(100, 900), "W_label": str(rng.randint(0, 99)), "H_label": str(rng.randint(0, 99)),
-                    "L_label": str(rng.randint(0, 99)), "T_label": f"FIG. {fig}", "classification_national": "D6/334",
+                    "h_figure": rng.randint(100, 900), "W_label": round(rng.uniform(0.01, 0.1), 7),
+                    "H_label": round(rng.uniform(0.01, 0.1), 7), "L_label": round(rng.random(), 6),
+                    "T_label": round(rng.random(), 6), "classification_national": "D6/334",
                 }
                 out.write((",\n" if written else "") + json.dumps(record))
                 if images:
@@ -159,8 +160,9 @@ def _measure(kind: str, root: Path, year: int, images: bool, batch_size: int) ->
         from hmpcl_lib.deeppatent2 import parse_year
 
         def run():
-            return parse_year(root / f"design{year}.json", root if images else None, year,
-                              require_images=images, batch_size=batch_size)
+            parsed = parse_year(root / f"design{year}.json", root if images else None, year,
+                                require_images=images, batch_size=batch_size)
+            return parsed.drawings, parsed.quarantine
     elif kind == "lic_codes":
         from hmpcl_lib.locarno import read_lic_codes
 

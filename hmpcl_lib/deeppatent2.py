@@ -1,29 +1,41 @@
-"""DeepPatent2 on disk: reassemble a year's parts, extract them safely, stream-parse `design{YYYY}.json`.
+"""DeepPatent2 on disk: reassemble a year's parts, extract them safely, stream-parse its per-figure JSON.
 
-A year is tens of GB of PNG plus a JSON array of hundreds of MB, with folder names that change from year to
-year; so files are found by pattern, the JSON is decoded one record at a time, and every record that cannot
-be used becomes a quarantine row (file, record, reason) instead of a crash or a silent drop.
+A year is tens of GB of PNG plus JSON arrays of hundreds of MB, with folder and file names that change from year
+to year; so containers are recognised by their bytes (zip, tar, tar.gz/bz2/xz, outer and inner), records files
+are found by pattern (`design*.json`, `segmentation_*.json`, several per year), the JSON is decoded one record at a
+time, and every record that cannot be used becomes a quarantine row (file, record, reason) instead of a crash or a
+silent drop. A per-year lock file lets two runs of the same year take turns instead of corrupting each other.
 The HTTP side (listing, resumable download) lives in `hmpcl_lib.dataverse` and is re-exported here.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import fcntl
+import fnmatch
+import gzip
 import io
 import json
 import logging
+import lzma
 import math
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
+import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator, NamedTuple
 
+import ijson
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,19 +53,119 @@ from hmpcl_lib.dataverse import (  # re-exported (see __all__): the DeepPatent2 
     suffix_index,
 )
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.io import atomic_path
+from hmpcl_lib.io import atomic_path, write_parquet_atomic
 
 __all__ = [
     "DEEPPATENT2_DOI", "DEFAULT_BASE_URL", "DataverseFile", "list_dataset_files", "files_for_year", "download_file",
-    "download_year", "year_parts", "reassemble_parts", "extract_year", "extract_parts", "ExtractedYear",
-    "find_design_json", "RawRecord", "iter_design_records", "PatentId", "parse_patent_id", "parse_design_record",
-    "png_index", "parse_year", "reason_counts", "EXTRACTED_MARKER",
+    "download_year", "year_parts", "reassemble_parts", "detect_format", "extract_year", "extract_parts",
+    "ExtractedYear", "RECORDS_PATTERNS", "find_records_files", "RawRecord", "iter_design_records", "PatentId",
+    "parse_patent_id", "parse_design_record", "png_index", "ParsedYear", "parse_year", "reason_counts",
+    "year_lock", "build_year", "EXTRACTED_MARKER", "YEAR_LOCK",
 ]
 
 log = logging.getLogger(__name__)
 
 EXTRACTED_MARKER = ".hmpcl-extracted"
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+YEAR_LOCK = ".hmpcl-year.lock"
+RECORDS_PATTERNS = ("design*.json", "segmentation_*.json")  # design2019.json, design2019part3.json, design_2007.json
+
+# ---------------------------------------------------------------- container detection
+
+
+class _Concat(io.RawIOBase):
+    """Several files read one after the other as one stream (a year's parts, without writing the joined copy)."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self._paths, self._file = list(paths), None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._file is not None or self._paths:
+            if self._file is None:
+                self._file = open(self._paths.pop(0), "rb")
+            if n := self._file.readinto(buffer):
+                return n
+            self._file.close()
+            self._file = None
+        return 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
+
+
+def _tail(paths: list[Path], n: int) -> bytes:
+    """The last `n` bytes of the concatenation of `paths`."""
+    chunks: list[bytes] = []
+    for path in reversed(paths):
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            take = min(size, n - sum(map(len, chunks)))
+            f.seek(size - take)
+            chunks.insert(0, f.read(take))
+        if sum(map(len, chunks)) >= n:
+            break
+    return b"".join(chunks)
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """A POSIX/GNU tar header ('ustar' at offset 257), or an old-style one with a valid header checksum."""
+    if len(block) < 512:
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    try:
+        tarfile.TarInfo.frombuf(block[:512], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+_COMPRESSORS = (  # magic bytes, name, how to open a decompressing reader over a byte stream
+    (b"\x1f\x8b", "gz", lambda raw: gzip.GzipFile(fileobj=raw)),
+    (b"BZh", "bz2", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", "xz", lzma.LZMAFile),
+)
+_OTHER_FORMATS = {b"7z\xbc\xaf\x27\x1c": "7z", b"Rar!\x1a\x07": "rar", b"\x28\xb5\x2f\xfd": "zstd",
+                  b"\x89PNG\r\n\x1a\n": "png image", b"PK\x07\x08": "zip split with zip -s (rejoin with zip -s 0)"}
+ARCHIVE_FORMATS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz")
+
+
+def detect_format(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
+    """The container a file (or the concatenation of a year's parts) holds, judged by its bytes, never its name.
+
+    One of ARCHIVE_FORMATS, or a description of what it is instead (`gz (not a tar inside)`, `7z`, `empty`,
+    `unknown (first bytes ...)`). Reads a few KiB (the head, decompressed for gzip/bzip2/xz, and the tail where a
+    zip keeps its end-of-central-directory record), never the whole file.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    with io.BufferedReader(_Concat(paths)) as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if _is_tar_header(head):
+        return "tar"
+    for magic, name, opener in _COMPRESSORS:
+        if head.startswith(magic):
+            try:
+                with io.BufferedReader(_Concat(paths)) as raw, opener(raw) as unpacked:
+                    inner = unpacked.read(512)
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+                return f"{name} (truncated or corrupt: {exc})"
+            return f"tar.{name}" if _is_tar_header(inner) else f"{name} (not a tar inside)"
+    for magic, name in _OTHER_FORMATS.items():
+        if head.startswith(magic):
+            return name
+    if b"PK\x05\x06" in _tail(paths, 22 + 0xFFFF):  # zip end record (+ comment): a zip with data in front
+        return "zip"
+    return f"unknown (first bytes {head[:8].hex(' ')})"
+
 
 # ---------------------------------------------------------------- reassembly and extraction
 
@@ -83,42 +195,106 @@ def reassemble_parts(parts: list[Path], out: Path) -> Path:
     return Path(out)
 
 
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Extract with tarfile's `data` filter: no member may land outside `dest` (absolute paths, `..`, links)."""
+def _check_space(needed: int, dest: Path, name: str, fmt: str) -> None:
+    free = shutil.disk_usage(dest).free
+    if needed > free:
+        raise InputError(f"{fmt} archive unpacks to {needed:,} bytes but only {free:,} are free under {dest}", name)
+
+
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _check_zip_member(info: zipfile.ZipInfo, name: str) -> None:
+    """The tar `data` filter's rules for a zip member: no absolute path, no `..`, no link; and readable here."""
+    member = info.filename
+    if member.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", member) or ".." in PurePosixPath(
+            member.replace("\\", "/")).parts:
+        raise InputError(f"unsafe archive member refused: {member!r} is absolute or climbs out with '..'", name)
+    if stat.S_ISLNK(info.external_attr >> 16):  # Unix mode in the high 16 bits of external_attr
+        raise InputError(f"unsafe archive member refused: {member!r} is a symbolic link", name)
+    if info.flag_bits & 0x1:
+        raise InputError(f"zip member {member!r} is encrypted", name)
+    if info.compress_type not in _ZIP_METHODS:
+        method = "Deflate64" if info.compress_type == 9 else f"method {info.compress_type}"
+        raise InputError(f"zip member {member!r} is compressed with {method}, which Python's zipfile cannot read: "
+                         "unpack the archive with 7z or unzip and re-pack it as tar or a plain zip", name)
+
+
+def _extract_zip(archive: Path, dest: Path, name: str) -> None:
+    """Check every member first (nothing is written if one is refused), then stream them out one by one."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in members:
+                _check_zip_member(info, name)
+            _check_space(sum(info.file_size for info in members), dest, name, "zip")
+            for info in members:
+                zf.extract(info, dest)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as exc:
+        raise InputError(f"cannot extract zip archive (truncated or corrupt): {exc}", name) from None
+
+
+def _extract_tar(archive: Path, dest: Path, name: str, fmt: str) -> None:
+    """tarfile's `data` filter (no absolute paths, `..`, links out, device files) plus a bound on the total size."""
+    budget, used = shutil.disk_usage(dest).free, 0
+
+    def data_within_budget(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        nonlocal used
+        member = tarfile.data_filter(member, path)
+        used += member.size
+        if used > budget:
+            raise InputError(f"{fmt} archive unpacks to more than the {budget:,} bytes free under {dest}", name)
+        return member
+
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, filter=data_within_budget)
     except tarfile.FilterError as exc:
-        raise InputError(f"unsafe archive member refused: {exc}", source=str(archive)) from None
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise InputError(f"cannot extract archive (truncated or corrupt): {exc}", source=str(archive)) from None
+        raise InputError(f"unsafe archive member refused: {exc}", name) from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        raise InputError(f"cannot extract {fmt} archive (truncated or corrupt): {exc}", name) from None
+
+
+def _extract(archive: Path, dest: Path, name: str) -> str:
+    """Extract `archive` into `dest` by the format its bytes show; returns that format. Errors call it `name`."""
+    fmt = detect_format(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    if fmt == "zip":
+        _extract_zip(archive, dest, name)
+    elif fmt in ARCHIVE_FORMATS:
+        _extract_tar(archive, dest, name, fmt)
+    else:
+        raise InputError(f"not a zip or tar archive: its bytes say {fmt}", name)
+    return fmt
+
+
+_ARCHIVE_NAME = re.compile(r"(\.(zip|tar|tgz|tbz2?|txz|gz|bz2|xz))+$", re.IGNORECASE)
 
 
 def _inner_archives(root: Path) -> list[tuple[str, Path]]:
-    """(`Original`|`Segmented`, path) for every tar archive whose name says which image set it holds."""
+    """(image set, path) of every archive inside the extracted year: by bytes, or by a name that says archive.
+
+    The image set is `Segmented` / `Original` when the name says so, else the name without its archive suffixes.
+    """
     found = []
     for path in sorted(root.rglob("*")):
-        name = path.name.lower()
-        if path.is_file() and name.endswith(_TAR_SUFFIXES):
-            if "segment" in name:
-                found.append(("Segmented", path))
-            elif "original" in name:
-                found.append(("Original", path))
+        name = path.name
+        if not path.is_file() or name.lower().endswith((".png", ".json", ".jsonl")):
+            continue
+        if _ARCHIVE_NAME.search(name) or detect_format(path) in ARCHIVE_FORMATS:
+            lower = name.lower()
+            kind = "Segmented" if "segment" in lower else "Original" if "original" in lower else None
+            found.append((kind or _ARCHIVE_NAME.sub("", name) or "images", path))
     return found
 
 
-def find_design_json(root: str | os.PathLike, year: int | None = None, source: str | None = None) -> Path:
-    """The one `design*.json` under `root` (top level first), wherever the year's layout put it."""
-    root = Path(root)
-    candidates = sorted(p for p in root.glob("design*.json") if p.is_file()) or sorted(
-        p for p in root.rglob("design*.json") if p.is_file()
-    )
-    if year is not None and len(candidates) > 1:
-        candidates = [p for p in candidates if str(year) in p.name] or candidates
-    if len(candidates) != 1:
-        what = "none" if not candidates else f"several: {[str(c) for c in candidates]}"
-        raise InputError(f"expected one design*.json, found {what}", source=source or str(root))
-    return candidates[0]
+def find_records_files(root: str | os.PathLike) -> list[Path]:
+    """Every per-figure records file under `root` (RECORDS_PATTERNS, any folder, any case), sorted by path."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        found += [Path(folder, n) for n in files if any(fnmatch.fnmatch(n.lower(), p) for p in RECORDS_PATTERNS)]
+    return sorted(found)
 
 
 def year_parts(raw_dir: str | os.PathLike, year: int) -> list[Path]:
@@ -131,15 +307,23 @@ def year_parts(raw_dir: str | os.PathLike, year: int) -> list[Path]:
 @dataclass(frozen=True)
 class ExtractedYear:
     root: Path
-    design_json: Path
+    records: tuple[Path, ...]  # the per-figure JSON files (find_records_files)
+    archive_format: str  # of the reassembled year (detect_format)
+    inner: dict[str, str] = field(default_factory=dict)  # inner archive (path in the year) -> its format
 
 
-def _extracted_from(out_dir: Path) -> Any:
-    """What the marker of a finished extraction says it was made from (None when not finished)."""
+def _marker(out_dir: Path) -> dict | None:
+    """The marker of a finished extraction (None when not finished)."""
     try:
-        return json.loads((out_dir / EXTRACTED_MARKER).read_text())["from"]
-    except (OSError, ValueError, KeyError, TypeError):
+        marker = json.loads((out_dir / EXTRACTED_MARKER).read_text())
+    except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) and "from" in marker else None
+
+
+def _extracted(out_dir: Path, marker: dict) -> ExtractedYear:
+    return ExtractedYear(out_dir, tuple(find_records_files(out_dir)), marker.get("format", "unknown"),
+                         dict(marker.get("inner") or {}))
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:
@@ -151,17 +335,22 @@ def _remove_empty_parents(folder: Path, stop: Path) -> None:
         folder = folder.parent
 
 
-def extract_year(archive: Path, out_dir: Path, fingerprint: Any = None) -> ExtractedYear:
-    """Unpack a reassembled year into `out_dir` (json at the top, `Original/` and `Segmented/` PNG trees).
+def extract_year(archive: Path, out_dir: Path, fingerprint: Any = None, name: str | None = None) -> ExtractedYear:
+    """Unpack a reassembled year into `out_dir`: records files at the top, `Original/`, `Segmented/` PNG trees.
 
-    Idempotent: work happens in a temp folder beside `out_dir` that is renamed into place with a marker file,
-    so `out_dir` either holds a complete extraction or does not exist. A marked `out_dir` made from the same
-    input (`fingerprint`, default the archive's name and size) is returned as is.
+    The outer container is a zip (DeepPatent2) or a tar (plain or compressed), told apart by its bytes; each inner
+    archive (`Segmented.tar.gz`, `Original.zip`, ...) is unpacked into a folder named for its image set and then
+    deleted. Idempotent: work happens in a temp folder beside `out_dir` that is renamed into place with a marker
+    file, so `out_dir` either holds a complete extraction or does not exist. A marked `out_dir` made from the same
+    input (`fingerprint`, default the archive's name and size) is returned as is. Errors name the archive `name`
+    (default its path) and an inner one as `name > path/inside`. Not safe against a second process extracting
+    into the same `out_dir` at the same time: hold `year_lock` (as `build_year` does).
     """
     archive, out_dir = Path(archive), Path(out_dir)
-    done = _extracted_from(out_dir)
-    if done is not None and (fingerprint is None or done == fingerprint):
-        return ExtractedYear(out_dir, find_design_json(out_dir))
+    name = name or str(archive)
+    done = _marker(out_dir)
+    if done is not None and (fingerprint is None or done["from"] == fingerprint):
+        return _extracted(out_dir, done)
     if not archive.is_file():
         raise InputError("archive not found", source=str(archive))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -169,41 +358,96 @@ def extract_year(archive: Path, out_dir: Path, fingerprint: Any = None) -> Extra
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _safe_extract(archive, tmp)
-        inner = _inner_archives(tmp)
-        for kind, inner_archive in inner:
-            _safe_extract(inner_archive, tmp / kind)
+        fmt = _extract(archive, tmp, name)
+        inner = {}
+        for kind, inner_archive in _inner_archives(tmp):
+            inside = inner_archive.relative_to(tmp).as_posix()
+            inner[inside] = _extract(inner_archive, tmp / kind, f"{name} > {inside}")
             inner_archive.unlink()  # halves the disk a year needs
+            _remove_empty_parents(inner_archive.parent, stop=tmp)
         if not inner:
-            log.warning("%s: no Original/Segmented archives found; PNGs are looked up wherever they are", archive)
-        design_json = find_design_json(tmp, source=str(archive))
-        json_folder = design_json.parent
-        design_json = design_json.rename(tmp / design_json.name)
-        for emptied in [json_folder] + [p.parent for _, p in inner]:  # drop folders the moves left empty
-            _remove_empty_parents(emptied, stop=tmp)
+            log.warning("%s: no inner image archives found; PNGs are looked up wherever they are", archive)
+        records = find_records_files(tmp)
+        if not records:
+            raise InputError(f"no per-figure records file ({' or '.join(RECORDS_PATTERNS)}) in the {fmt} archive",
+                             name)
+        for path in records:  # the JSON at the top, beside the image trees (unless two share a name)
+            if not (tmp / path.name).exists():
+                path.rename(tmp / path.name)
+                _remove_empty_parents(path.parent, stop=tmp)
         made_from = fingerprint if fingerprint is not None else [archive.name, archive.stat().st_size]
-        (tmp / EXTRACTED_MARKER).write_text(json.dumps({"from": made_from, "inner": [p.name for _, p in inner]}))
+        marker = {"from": made_from, "format": fmt, "inner": inner}
+        (tmp / EXTRACTED_MARKER).write_text(json.dumps(marker))
         if out_dir.exists():  # unmarked (incomplete by construction) or made from other input
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExtractedYear(out_dir, out_dir / design_json.name)
+    return _extracted(out_dir, marker)
 
 
-def extract_parts(parts: list[Path], out_dir: Path) -> Path:
-    """Reassemble a year's parts and extract them into `out_dir`; skipped when already done from these parts."""
-    out_dir = Path(out_dir)
-    fingerprint = [[Path(p).name, Path(p).stat().st_size] for p in sorted(parts, key=lambda p: Path(p).name)]
-    if _extracted_from(out_dir) == fingerprint:
-        return out_dir
+def extract_parts(parts: list[Path], out_dir: Path) -> ExtractedYear:
+    """Reassemble a year's parts and extract them into `out_dir`; skipped when already done from these parts.
+
+    The container is checked on the parts first, so an unknown format is reported before tens of GB are copied.
+    Errors name the parts (`/raw/2019/2019.aa+2019.ab+2019.ac`), not the temporary joined file.
+    """
+    out_dir, parts = Path(out_dir), [Path(p) for p in parts]
+    fingerprint = [[p.name, p.stat().st_size] for p in sorted(parts, key=lambda p: p.name)]
+    done = _marker(out_dir)
+    if done is not None and done["from"] == fingerprint:
+        return _extracted(out_dir, done)
+    name = str(parts[0].parent / "+".join(p.name for p in parts)) if parts else str(out_dir)
+    fmt = detect_format(parts) if parts else "no parts"
+    if fmt not in ARCHIVE_FORMATS:
+        raise InputError(f"not a zip or tar archive: its bytes say {fmt}", name)
     archive = out_dir.parent / f".{out_dir.name}.archive"
     try:
         reassemble_parts(parts, archive)
-        extract_year(archive, out_dir, fingerprint=fingerprint)
+        return extract_year(archive, out_dir, fingerprint=fingerprint, name=name)
     finally:
         archive.unlink(missing_ok=True)
-    return out_dir
+
+
+# ---------------------------------------------------------------- one year at a time
+
+
+@contextlib.contextmanager
+def year_lock(folder: str | os.PathLike, timeout: float | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder/.hmpcl-year.lock` (fcntl.flock; the OS drops it if the process dies).
+
+    Two runs of the same year (Dagster allows concurrent runs; so may scripts) take turns through download,
+    extraction and parse instead of sharing `.part` files, temp folders and Parquet. Waits `timeout` seconds
+    (None: as long as it takes), then TimeoutError. Not reentrant: take it once, around the whole job.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / YEAR_LOCK
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another run is working on this year", path)
+            _wait_for_lock(handle, path, timeout)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_for_lock(handle, path: Path, timeout: float | None) -> None:
+    if timeout is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{path} is still held by another run after {timeout} s") from None
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- streaming JSON
@@ -211,107 +455,57 @@ def extract_parts(parts: list[Path], out_dir: Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """One element of a design JSON file: the decoded value, or why it could not be decoded (JSON Lines)."""
+    """One element of a records file: the decoded value, or why it could not be decoded (JSON Lines)."""
 
-    index: int
-    offset: int  # byte offset of the record in the file
+    index: int  # 0-based position in the file
     data: Any
     error: str | None = None
+    line: int | None = None  # JSON Lines: the 1-based line number
 
 
-_NON_WS = re.compile(r"[^ \t\n\r]")
+_MAX_NESTING = 10_000  # records nest 3 deep; ijson's memory grows with the square of the depth
 
 
-class _ArrayReader:
-    """Decode the elements of a top-level JSON array one by one from a text stream (bounded buffer)."""
+class _NestingGuard:
+    """A reader that stops a file whose brackets nest absurdly deep before ijson builds it (a few bytes.count per
+    chunk). It counts brackets inside strings too, so it over-estimates depth, hence the generous limit."""
 
-    def __init__(self, text: io.TextIOBase, source: str, first_byte: int, chunk: int, max_record: int):
-        self.text, self.source, self.chunk, self.max_record = text, source, chunk, max_record
-        self.buf, self.pos, self.eof = "", 0, False
-        self.mark, self.mark_bytes = 0, first_byte  # buf[mark] is at byte mark_bytes of the file
-        self.decoder = json.JSONDecoder()
+    def __init__(self, raw: io.BufferedReader, source: str):
+        self.raw, self.source, self.depth = raw, source, 0
 
-    def byte_at(self, p: int) -> int:
-        """Byte offset of buf[p] (p >= mark), computed incrementally so the total cost stays linear."""
-        self.mark_bytes += len(self.buf[self.mark : p].encode("utf-8", "surrogatepass"))
-        self.mark = p
-        return self.mark_bytes
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        opened = data.count(b"[") + data.count(b"{") - data.count(b"]") - data.count(b"}")
+        self.depth = max(0, self.depth + opened)
+        if self.depth > _MAX_NESTING:
+            raise InputError(f"JSON nests deeper than {_MAX_NESTING} levels: not a records file", self.source)
+        return data
 
-    def fill(self) -> bool:
-        """Drop what is consumed (before pos), append a chunk; False at end of file."""
-        if self.pos:
-            self.byte_at(self.pos)
-            self.buf, self.mark, self.pos = self.buf[self.pos :], 0, 0
-        try:
-            more = self.text.read(self.chunk)
-        except UnicodeDecodeError as exc:
-            near = self.mark_bytes + len(self.buf)
-            raise InputError(f"not UTF-8 text near byte {near}: {exc.reason}", self.source) from None
-        if not more:
-            self.eof = True
-            return False
-        self.buf += more
-        return True
 
-    def next_token(self) -> int | None:
-        """Index of the next non-whitespace char from pos (reading more as needed); None at end of file."""
-        while True:
-            match = _NON_WS.search(self.buf, self.pos)
-            if match:
-                return match.start()
-            self.pos = len(self.buf)
-            if not self.fill():
-                return None
+def _ijson_reason(exc: Exception) -> tuple[str, str]:
+    """yajl's message (first line) and the text around the error (its second line)."""
+    text = exc.args[0] if exc.args else str(exc)
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    lines = text.splitlines()
+    near = " ".join(lines[1].split()) if len(lines) > 1 and lines[1].strip() else ""
+    return lines[0].strip() if lines else type(exc).__name__, near
 
-    def fail(self, reason: str, index: int, p: int) -> InputError:
-        return InputError(f"{reason} at byte {self.byte_at(p)}", source=self.source, record=f"#{index}")
 
-    def decode(self, p: int, index: int) -> tuple[Any, int]:
-        """Decode the value at buf[p]; read more while it may just be cut by the buffer end."""
-        self.pos = p
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-                if end < len(self.buf) or self.eof:  # a number at the very end might continue in the next chunk
-                    return value, end
-                error = None
-            except json.JSONDecodeError as exc:
-                error = f"malformed JSON record ({exc.msg})"
-            except RecursionError:
-                error = "malformed JSON record (nested too deeply)"
-            if error and (self.eof or len(self.buf) - self.pos > self.max_record):
-                raise self.fail(error, index, self.pos)
-            self.fill()  # at end of file the next round returns (or rejects) the value as it is
-
-    def __iter__(self) -> Iterator[RawRecord]:
-        p = self.next_token()
-        if p is None or self.buf[p] != "[":
-            raise InputError("not a JSON array or JSON Lines file", source=self.source)
-        self.pos = p + 1
-        p = self.next_token()
-        if p is not None and self.buf[p] == "]":
-            self.pos = p + 1
-        else:
-            index = 0
-            while True:
-                if p is None:
-                    raise InputError(f"file ends inside the array (truncated?) after {index} records", self.source)
-                start = self.byte_at(p)
-                value, self.pos = self.decode(p, index)
-                yield RawRecord(index, start, value)
-                p = self.next_token()
-                if p is None:
-                    raise InputError(f"file ends inside the array (truncated?) after {index + 1} records", self.source)
-                if self.buf[p] == "]":
-                    self.pos = p + 1
-                    break
-                if self.buf[p] != ",":
-                    raise self.fail("expected ',' or ']' after the record", index, p)
-                self.pos = p + 1
-                index += 1
-                p = self.next_token()
-        if self.next_token() is not None:
-            raise InputError("unexpected data after the closing ']'", source=self.source)
+def _iter_array(raw: io.BufferedReader, source: str, buf_size: int) -> Iterator[RawRecord]:
+    """The elements of a top-level JSON array, streamed by ijson (yajl); a syntax error names the record."""
+    index = 0
+    try:
+        for value in ijson.items(_NestingGuard(raw, source), "item", use_float=True, buf_size=buf_size):
+            yield RawRecord(index, value)
+            index += 1
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        reason, near = _ijson_reason(exc)
+        if "premature EOF" in reason:
+            raise InputError(f"file ends inside the array (truncated?) after {index} records", source) from None
+        if "trailing garbage" in reason:
+            raise InputError(f"unexpected data after the closing ']' ({near!r})", source) from None
+        where = f" near {near!r}" if near else ""
+        raise InputError(f"malformed JSON record ({reason}){where}", source, record=f"#{index}") from None
 
 
 def _iter_json_lines(raw: io.BufferedReader, source: str) -> Iterator[RawRecord]:
@@ -322,22 +516,20 @@ def _iter_json_lines(raw: io.BufferedReader, source: str) -> Iterator[RawRecord]
         if not line.strip():
             continue
         try:
-            record = RawRecord(index, start, json.loads(line))
+            record = RawRecord(index, json.loads(line), line=line_no)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-            record = RawRecord(index, start, None, f"malformed JSON: line {line_no} at byte {start}: {reason}")
+            record = RawRecord(index, None, f"malformed JSON: line {line_no} at byte {start}: {reason}", line_no)
         yield record
         index += 1
 
 
-def iter_design_records(
-    json_path: str | os.PathLike, chunk_chars: int = 1 << 20, max_record_chars: int = 64 << 20
-) -> Iterator[RawRecord]:
-    """Stream the records of `design{YYYY}.json`: a top-level JSON array, or JSON Lines.
+def iter_design_records(json_path: str | os.PathLike, buf_size: int = 1 << 16) -> Iterator[RawRecord]:
+    """Stream the records of a per-figure JSON file: a top-level JSON array (ijson), or JSON Lines.
 
-    Memory stays at about one chunk plus one record. In JSON Lines a malformed line is yielded as an error
-    record and parsing goes on; in an array there is no safe place to resync, so it is an InputError naming
-    the file, the record index and the byte offset.
+    Memory stays at about one buffer plus one record. In JSON Lines a malformed line is yielded as an error
+    record and parsing goes on; in an array there is no safe place to resync, so it is an InputError naming the
+    file, the record number and the text around the error.
     """
     source = str(json_path)
     try:
@@ -345,13 +537,12 @@ def iter_design_records(
     except OSError as exc:
         raise InputError(f"cannot open: {exc.strerror}", source=source) from None
     with raw:
-        start = 3 if raw.read(3) == b"\xef\xbb\xbf" else 0
+        start = 3 if raw.read(3) == b"\xef\xbb\xbf" else 0  # a UTF-8 byte order mark, which yajl refuses
         raw.seek(start)
         head = raw.read(1 << 16).lstrip()
         raw.seek(start)
         if head.startswith(b"["):
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-            yield from _ArrayReader(text, source, start, chunk_chars, max_record_chars)
+            yield from _iter_array(raw, source, buf_size)
         elif not head:
             raise InputError("empty file", source=source)
         else:
@@ -434,16 +625,32 @@ def _named_after(path: Any, stem: str, tail: re.Pattern) -> bool:
     return name.startswith(stem) and tail.fullmatch(name, len(stem)) is not None
 
 
+def _locarno_text(value: Any) -> str | None:
+    """`classification_locarno` as the record has it: a string as is; a number as its text, zero-padded to 4 digits
+    when it holds a subclass (JSON `602` is `"0602"`, class 06 subclass 02; `15` stays the class-only `"15"`).
+    Interpreting the code is the hierarchy's job."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"{value:04d}" if value >= 100 else str(value)
+    raise InputError(f"bad classification_locarno: {value!r} is not a code")
+
+
 REQUIRED_FIELDS = ("id", "patentID", "figid", "figure_file")
-TEXT_FIELDS = ("caption", "object", "aspect", "object_title", "W_label", "H_label", "L_label", "T_label")
-NUMBER_FIELDS = ("x_figure", "y_figure", "w_figure", "h_figure")
+TEXT_FIELDS = ("caption", "object", "aspect", "object_title", "classification_national")
+# `*_figure`: the figure's box on the sheet (pixels); `*_label`: the label's box, normalised (0.0439147).
+NUMBER_FIELDS = ("x_figure", "y_figure", "w_figure", "h_figure", "W_label", "H_label", "L_label", "T_label")
 
 
 def parse_design_record(record: Any, year: int | None = None) -> dict[str, Any]:
     """Validate one per-figure record into a drawings row (without `image_path`); InputError says what is wrong.
 
-    Reasons start with a category (`missing field: ...`, `bad patentID: ...`) so they can be counted.
-    Fields beyond SPEC's list (e.g. `classification_national`) are ignored.
+    Reasons start with a category (`missing field: ...`, `bad number: W_label=...`) so they can be counted.
+    Fields beyond SPEC's list and the two classifications are ignored.
     """
     if not isinstance(record, dict):
         raise InputError(f"not an object: a JSON {type(record).__name__}")
@@ -483,6 +690,7 @@ def parse_design_record(record: Any, year: int | None = None) -> dict[str, Any]:
     }
     row.update({f: _text(record, f) for f in TEXT_FIELDS})
     row.update({f: _number(record, f) for f in NUMBER_FIELDS})
+    row["classification_locarno"] = _locarno_text(record.get("classification_locarno"))
     return row
 
 
@@ -540,89 +748,148 @@ class _Batches:
         return pa.Table.from_batches(self.batches, schema=self.schema)
 
 
+@dataclass(frozen=True)
+class ParsedYear:
+    """What `parse_year` made of a year: the tables, and per records file what became of its records."""
+
+    drawings: pa.Table  # schemas.DRAWINGS
+    quarantine: pa.Table  # schemas.QUARANTINE
+    files: dict[str, dict[str, int]]  # file -> {records, drawings, quarantined, exact_duplicates}
+    exact_duplicates: int  # records dropped as exact copies of an earlier one (same record id and content)
+
+
+_SOURCE = "_source"  # the records file of a row, while the year is parsed
+
+
 def parse_year(
-    json_path: str | os.PathLike,
+    records_files: str | os.PathLike | Iterable[str | os.PathLike],
     image_root: str | os.PathLike | None,
     year: int,
     max_bad_fraction: float = 0.05,
     require_images: bool = True,
     verify_images: bool = False,
     batch_size: int = 10_000,
-) -> tuple[pa.Table, pa.Table]:
-    """Parse one year's `design{YYYY}.json` into (drawings, quarantine) tables (`schemas.DRAWINGS`, `QUARANTINE`).
+) -> ParsedYear:
+    """Parse a year's records files (`design2019.json` + `design2019part3.json`, ...) into drawings + quarantine.
 
-    `image_path` is the segmented PNG if present under `image_root`, else the original figure. Records that
-    fail validation, repeat a drawing_id, or (with `require_images`) lack an image go to quarantine. More bad
-    records than `max_bad_fraction` of all raises InputError with the count per reason.
+    `image_path` is the segmented PNG if present under `image_root`, else the original figure. Records that fail
+    validation, repeat a drawing_id with other content, or (with `require_images`) lack an image go to quarantine;
+    exact copies of an earlier record (same record id and content, as when two files overlap) are dropped and
+    counted. More bad records than `max_bad_fraction` of all raises InputError with the count per reason.
     """
-    source = str(json_path)
+    paths = [records_files] if isinstance(records_files, (str, os.PathLike)) else list(records_files)
+    if not paths:
+        raise InputError(f"no records files given for {year}", source=str(image_root))
     if require_images and image_root is None:
-        raise InputError("image_root is required when require_images=True", source=source)
+        raise InputError("image_root is required when require_images=True", source=str(paths[0]))
     images = png_index(image_root) if image_root is not None else {}
     if require_images and not images:
-        log.warning("%s: no PNG under %s", source, image_root)
-    drawings = _Batches(schemas.DRAWINGS, batch_size)
+        log.warning("%s: no PNG under %s", paths[0], image_root)
+    drawings = _Batches(schemas.DRAWINGS.append(pa.field(_SOURCE, pa.string())), batch_size)
     quarantine = _Batches(schemas.QUARANTINE, batch_size)
-    total = 0
+    records: Counter[str] = Counter()
 
-    def reject(raw: RawRecord, reason: str) -> None:
-        quarantine.append({"source": source, "record": _record_label(raw), "reason": reason, "stage": "parse"})
+    for path in paths:
+        source = str(path)
+        records[source] += 0
 
-    for raw in iter_design_records(json_path):
-        total += 1
-        if raw.error is not None:
-            reject(raw, raw.error)
-            continue
-        try:
-            row = parse_design_record(raw.data, year)
-        except InputError as exc:
-            reject(raw, exc.reason)
-            continue
-        segmented = images.get(os.path.basename(row["subfigure_file"])) if row["subfigure_file"] else None
-        row["image_path"] = segmented or images.get(os.path.basename(row["figure_file"]))
-        if row["image_path"] is None and require_images:
-            wanted = " or ".join(f for f in (row["subfigure_file"], row["figure_file"]) if f)
-            reject(raw, f"missing image: no {wanted} under {image_root}")
-            continue
-        if verify_images and row["image_path"] and (problem := _undecodable(row["image_path"])):
-            reject(raw, f"undecodable image: {row['image_path']}: {problem}")
-            continue
-        drawings.append(row)
+        def reject(raw: RawRecord, reason: str) -> None:
+            quarantine.append({"source": source, "record": _record_label(raw), "reason": reason, "stage": "parse"})
 
+        for raw in iter_design_records(path):
+            records[source] += 1
+            if raw.error is not None:
+                reject(raw, raw.error)
+                continue
+            try:
+                row = parse_design_record(raw.data, year)
+            except InputError as exc:
+                reject(raw, exc.reason)
+                continue
+            segmented = images.get(os.path.basename(row["subfigure_file"])) if row["subfigure_file"] else None
+            row["image_path"] = segmented or images.get(os.path.basename(row["figure_file"]))
+            if row["image_path"] is None and require_images:
+                wanted = " or ".join(f for f in (row["subfigure_file"], row["figure_file"]) if f)
+                reject(raw, f"missing image: no {wanted} under {image_root}")
+                continue
+            if verify_images and row["image_path"] and (problem := _undecodable(row["image_path"])):
+                reject(raw, f"undecodable image: {row['image_path']}: {problem}")
+                continue
+            row[_SOURCE] = source
+            drawings.append(row)
+
+    total = sum(records.values())
     if total == 0:
-        raise InputError("no records", source=source)
-    table, duplicates = _split_duplicates(drawings.table(), source)
+        raise InputError("no records", source=", ".join(map(str, paths)))
+    table, duplicates, exact = _split_duplicates(drawings.table())
     bad_rows = pa.concat_tables([quarantine.table(), duplicates])
     if bad_rows.num_rows > max_bad_fraction * total:
         counts = ", ".join(f"{reason}: {n}" for reason, n in reason_counts(bad_rows).items())
         raise InputError(
             f"{bad_rows.num_rows} of {total} records are bad ({bad_rows.num_rows / total:.1%} > "
             f"{max_bad_fraction:.1%}): {counts}",
-            source=source,
+            source=", ".join(map(str, paths)),
         )
-    return table, bad_rows
+    bad = Counter(bad_rows.column("source").to_pylist())
+    files = {
+        source: {"records": n, "drawings": n - bad[source] - exact[source], "quarantined": bad[source],
+                 "exact_duplicates": exact[source]}
+        for source, n in records.items()
+    }
+    return ParsedYear(table, bad_rows, files, sum(exact.values()))
 
 
-def _split_duplicates(table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
-    """Keep the first row of each drawing_id; the later ones become quarantine rows (vectorised, no Python set)."""
+def _split_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table, Counter[str]]:
+    """Resolve rows that share a drawing_id (vectorised; only the repeated ids are looked at row by row).
+
+    A row equal in every column to an earlier one is an exact duplicate: dropped, counted per file. Any other
+    repeat keeps the first row and sends the later ones to quarantine. Returns (drawings, quarantine, counts).
+    """
     ids = pl.from_arrow(table.column("drawing_id"))  # one column: polars copies strings into its own layout
-    first = ids.is_first_distinct()
-    if first.all():
-        return table, schemas.empty(schemas.QUARANTINE)
-    repeated = ids.filter(~first).unique()
-    keep = (first & ids.is_in(repeated)).to_arrow()  # first rows of the repeated ids only
-    first_record = dict(
-        zip(table.column("drawing_id").filter(keep).to_pylist(), table.column("record_id").filter(keep).to_pylist())
+    repeated = ids.is_duplicated()
+    if not repeated.any():
+        return table.drop_columns([_SOURCE]), schemas.empty(schemas.QUARANTINE), Counter()
+    numbered = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    rows = pl.from_arrow(numbered.filter(repeated.to_arrow())).with_columns(
+        exact=~pl.struct(schemas.DRAWINGS.names).is_first_distinct(),
+        first=pl.col("drawing_id").is_first_distinct(),
     )
-    later = table.filter(pc.invert(first.to_arrow())).select(["drawing_id", "record_id"]).to_pylist()
-    rows = [
-        {"source": source, "record": r["record_id"], "stage": "parse",
-         "reason": f"duplicate drawing_id: {r['drawing_id']} (first in record {first_record[r['drawing_id']]})"}
-        for r in later
+    firsts = {r["drawing_id"]: r for r in rows.filter("first").select("drawing_id", "record_id", _SOURCE).to_dicts()}
+    conflicts = rows.filter(~pl.col("exact") & ~pl.col("first"))
+    quarantine = [
+        {"source": r[_SOURCE], "record": r["record_id"], "stage": "parse",
+         "reason": f"duplicate drawing_id: {r['drawing_id']} (first in record {firsts[r['drawing_id']]['record_id']}"
+                   + ("" if firsts[r["drawing_id"]][_SOURCE] == r[_SOURCE] else
+                      f" of {firsts[r['drawing_id']][_SOURCE]}") + ")"}
+        for r in conflicts.select("drawing_id", "record_id", _SOURCE).to_dicts()
     ]
-    return table.filter(first.to_arrow()), pa.Table.from_pylist(rows, schema=schemas.QUARANTINE)
+    exact = Counter(rows.filter("exact")[_SOURCE].to_list())
+    dropped = rows.filter(pl.col("exact") | ~pl.col("first"))["_row"].to_arrow()
+    keep = pc.invert(pc.is_in(numbered.column("_row"), value_set=dropped))
+    return (table.filter(keep).drop_columns([_SOURCE]), pa.Table.from_pylist(quarantine, schema=schemas.QUARANTINE),
+            exact)
 
 
 def reason_counts(quarantine: pa.Table) -> dict[str, int]:
     """Quarantine rows per reason category (the text before the first ':'), e.g. for Dagster metadata."""
     return dict(Counter(r.split(":", 1)[0] for r in quarantine.column("reason").to_pylist()).most_common())
+
+
+def build_year(
+    year: int,
+    raw_dir: str | os.PathLike,
+    extracted_dir: str | os.PathLike,
+    drawings_path: str | os.PathLike,
+    quarantine_path: str | os.PathLike,
+    **parse_options: Any,
+) -> tuple[ExtractedYear, ParsedYear]:
+    """The `drawings` asset without Dagster: under the year's lock, extract the downloaded parts (reused when
+    already done from the same parts), parse every records file and write both tables atomically."""
+    with year_lock(raw_dir):
+        extracted = extract_parts(year_parts(raw_dir, year), Path(extracted_dir))
+        if not extracted.records:
+            raise InputError(f"no per-figure records file ({' or '.join(RECORDS_PATTERNS)})", str(extracted.root))
+        parsed = parse_year(extracted.records, extracted.root, year, **parse_options)
+        write_parquet_atomic(parsed.drawings, drawings_path)
+        write_parquet_atomic(parsed.quarantine, quarantine_path)
+    return extracted, parsed

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.locarno import load_taxonomy
+from hmpcl_lib.locarno import MISSING_TEXTS, load_taxonomy, parse_locarno_code, taxonomy_edition
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -46,6 +46,22 @@ def _as_date(df: pl.DataFrame, name: str) -> pl.DataFrame:
         raise InputError(f"grant_date is not a date: {str(err).splitlines()[0]}", name) from None
 
 
+def _parse_codes(df: pl.DataFrame, raw: str, prefix: str, source: str) -> pl.DataFrame:
+    """Parse each distinct (raw code, edition) of `df` once: columns raw, lic_edition, {prefix}class_code,
+    {prefix}subclass_code, {prefix}known_subclass, {prefix}mapped_subclass_code, {prefix}error (reason or null)."""
+    rows = []
+    for value, edition in df.select(raw, "lic_edition").unique().drop_nulls().iter_rows():
+        try:
+            code = parse_locarno_code(value, edition=edition, source=source)
+            rows.append((value, edition, code.class_code, code.subclass_code, code.known_subclass, code.mapped_subclass_code, None))
+        except InputError as err:
+            rows.append((value, edition, None, None, None, None, err.reason))
+    names = ["class_code", "subclass_code", "known_subclass", "mapped_subclass_code", "error"]
+    types = [pl.String, pl.String, pl.Boolean, pl.String, pl.String]
+    schema = {raw: pl.String, "lic_edition": pl.String, **{prefix + n: t for n, t in zip(names, types)}}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
 def build_lic_hierarchy(
     drawings: pa.Table | pl.DataFrame,
     lic_codes: pa.Table | pl.DataFrame,
@@ -53,46 +69,82 @@ def build_lic_hierarchy(
     *,
     source: str = "drawings",
 ) -> tuple[pa.Table, pa.Table]:
-    """Join drawings to their patent's LIC code (on doc_number + grant_date) and add titles and integer labels.
+    """Give each drawing its patent's LIC code, checked against and titled from the patent's edition, and integer labels.
 
-    Labels are dense ranks over the sorted codes present in the result (class_label, subclass_label with -1
-    for an unknown subclass, patent_label over patent ids), so they are the same for any row order.
-    Drawings whose patent has no LIC code go to the quarantine table (one row per drawing, `source` names the
-    drawings table). Returns (`lic_hierarchy` table sorted by drawing_id, quarantine table).
+    The code comes from the drawing's own record (`classification_locarno`, e.g. `1403`; the column may be absent)
+    when it has one (`lic_source` "record"), else from the USPTO XML code of its patent, joined on doc_number +
+    grant_date (`lic_source` "uspto_xml"); `lic_xml_code` keeps the XML code either way, so `lic_source_report`
+    can count where both exist and disagree. The edition is the one the grant XML declares, else the one in force
+    on the grant date (`locarno.taxonomy_edition`); titles come from that edition of `taxonomy` (default: the
+    shipped one). A subclass that edition does not list is kept with `known_subclass` False and no subclass title.
+
+    Labels are dense ranks over the sorted codes present in the result (class_label; subclass_label over
+    `mapped_subclass_code`, -1 for an unknown subclass; patent_label over patent ids), so they are the same for any
+    row order. Drawings with a malformed record code, or without any code, go to the quarantine table (one row per
+    drawing, `source` names the drawings table). Returns (`lic_hierarchy` table sorted by drawing_id, quarantine table).
     """
     draw = _frame(drawings, "drawings", ["drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path"])
     codes = _frame(lic_codes, "lic_codes", ["doc_number", "grant_date", "lic_edition", "class_code", "subclass_code"])
     tax = load_taxonomy() if taxonomy is None else taxonomy
+    if "classification_locarno" not in draw.columns:
+        draw = draw.with_columns(classification_locarno=pl.lit(None, pl.String))
     draw, codes = _as_date(draw, "drawings"), _as_date(codes, "lic_codes")
     _raise_on_duplicates(draw, ["drawing_id"], "drawings")
     _raise_on_duplicates(codes, ["doc_number", "grant_date"], "lic_codes")
 
-    class_titles = tax.filter(pl.col("level") == "class").select("class_code", class_title=pl.col("title"))
-    subclass_titles = tax.filter(pl.col("level") == "subclass").select("subclass_code", subclass_title=pl.col("title"))
-    joined = draw.select("drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path").join(
-        codes.select("doc_number", "grant_date", "lic_edition", "class_code", "subclass_code"),
+    record_raw = pl.col("classification_locarno").cast(pl.String)
+    joined = draw.select(
+        "drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path",
+        record_raw=pl.when(record_raw.str.strip_chars().str.to_lowercase().is_in(list(MISSING_TEXTS)).not_()).then(record_raw),
+    ).join(
+        codes.select(
+            "doc_number", "grant_date",
+            xml_edition=pl.col("lic_edition").cast(pl.String).fill_null(""),
+            lic_xml_code=pl.coalesce("subclass_code", "class_code"),
+        ),
         on=["doc_number", "grant_date"],
         how="left",
+    ).with_columns(pl.col("xml_edition").fill_null(""))
+    editions = joined.select("xml_edition", "grant_date").unique()
+    editions = editions.with_columns(
+        lic_edition=pl.Series([taxonomy_edition(e or None, d) for e, d in editions.iter_rows()], dtype=pl.String)
+    )
+    joined = joined.join(editions, on=["xml_edition", "grant_date"], how="left")
+    joined = joined.join(_parse_codes(joined, "record_raw", "rec_", source), on=["record_raw", "lic_edition"], how="left")
+    joined = joined.join(_parse_codes(joined, "lic_xml_code", "xml_", source), on=["lic_xml_code", "lic_edition"], how="left")
+
+    from_record = pl.col("rec_class_code").is_not_null()
+
+    def chosen(name: str) -> pl.Expr:
+        return pl.when(from_record).then(pl.col("rec_" + name)).otherwise(pl.col("xml_" + name)).alias(name)
+
+    joined = joined.with_columns(
+        chosen("class_code"), chosen("subclass_code"), chosen("known_subclass"), chosen("mapped_subclass_code"),
+        lic_source=pl.when(from_record).then(pl.lit("record")).when(pl.col("xml_class_code").is_not_null()).then(pl.lit("uspto_xml")),
+        reason=pl.when(pl.col("rec_error").is_not_null())
+        .then(pl.format("bad classification_locarno {} of patent {}: {}", pl.col("record_raw"), pl.col("patent_id"), pl.col("rec_error")))
+        .when(pl.col("xml_error").is_not_null())
+        .then(pl.format("bad USPTO Locarno code {} of patent {}: {}", pl.col("lic_xml_code"), pl.col("patent_id"), pl.col("xml_error")))
+        .when(pl.col("xml_class_code").is_null() & pl.col("rec_class_code").is_null())
+        .then(pl.lit("no Locarno code for patent ") + pl.col("patent_id")),
     )
 
-    unmatched = joined.filter(pl.col("class_code").is_null()).sort("drawing_id")
-    quarantine = unmatched.select(
-        source=pl.lit(source),
-        record=pl.col("drawing_id"),
-        reason=pl.lit("no Locarno code for patent ") + pl.col("patent_id"),
-        stage=pl.lit("lic_hierarchy"),
+    quarantine = joined.filter(pl.col("reason").is_not_null()).sort("drawing_id").select(
+        source=pl.lit(source), record=pl.col("drawing_id"), reason="reason", stage=pl.lit("lic_hierarchy")
     )
 
     def dense_rank(col: str) -> pl.Expr:
         return (pl.col(col).rank("dense") - 1).cast(pl.Int32)
 
+    class_titles = tax.filter(pl.col("level") == "class").select("edition", "class_code", class_title=pl.col("title"))
+    subclass_titles = tax.filter(pl.col("level") == "subclass").select("edition", "subclass_code", subclass_title=pl.col("title"))
     hierarchy = (
-        joined.filter(pl.col("class_code").is_not_null())
-        .join(class_titles, on="class_code", how="left")
-        .join(subclass_titles, on="subclass_code", how="left")
+        joined.filter(pl.col("reason").is_null())
+        .join(class_titles, left_on=["lic_edition", "class_code"], right_on=["edition", "class_code"], how="left")
+        .join(subclass_titles, left_on=["lic_edition", "subclass_code"], right_on=["edition", "subclass_code"], how="left")
         .with_columns(
             class_label=dense_rank("class_code"),
-            subclass_label=dense_rank("subclass_code").fill_null(-1),
+            subclass_label=dense_rank("mapped_subclass_code").fill_null(-1),
             patent_label=dense_rank("patent_id"),
         )
         .sort("drawing_id")
@@ -100,6 +152,45 @@ def build_lic_hierarchy(
     hierarchy_table = hierarchy.select(schemas.LIC_HIERARCHY.names).to_arrow().cast(schemas.LIC_HIERARCHY)
     quarantine_table = quarantine.to_arrow().cast(schemas.QUARANTINE)
     return hierarchy_table, quarantine_table
+
+
+def lic_source_report(hierarchy: pa.Table | pl.DataFrame, max_examples: int = 5) -> dict:
+    """Where the hierarchy's codes came from, for asset metadata: drawings whose code came from their DeepPatent2
+    record vs the USPTO XML, how many have both and disagree (different class, or different subclasses where both
+    give one), a few disagreeing patents, subclasses flagged as unknown to their edition; overall and per grant year."""
+    df = _frame(hierarchy, "lic_hierarchy", ["patent_id", "class_code", "subclass_code", "known_subclass", "lic_source", "lic_xml_code"])
+    xml_class = pl.col("lic_xml_code").str.slice(0, 2)
+    xml_sub = pl.when(pl.col("lic_xml_code").str.len_chars() == 5).then(pl.col("lic_xml_code"))
+    both = (pl.col("lic_source") == "record") & pl.col("lic_xml_code").is_not_null()
+    differ = (pl.col("class_code") != xml_class) | (pl.col("subclass_code") != xml_sub).fill_null(False)
+    df = df.with_columns(
+        year=pl.col("patent_id").str.extract(r"-(\d{4})\d{4}$"),
+        from_record=pl.col("lic_source") == "record",
+        from_xml=pl.col("lic_source") == "uspto_xml",
+        both=both,
+        disagree=both & differ,
+        flagged=pl.col("known_subclass").not_().fill_null(False),
+    )
+
+    def counts(frame: pl.DataFrame) -> dict[str, int]:
+        return {
+            "drawings": frame.height,
+            "from_record": int(frame["from_record"].sum()),
+            "from_uspto_xml": int(frame["from_xml"].sum()),
+            "record_and_xml": int(frame["both"].sum()),
+            "disagree": int(frame["disagree"].sum()),
+            "unknown_subclass_for_edition": int(frame["flagged"].sum()),
+        }
+
+    examples = (
+        df.filter("disagree")
+        .group_by("patent_id")
+        .agg(record=pl.coalesce("subclass_code", "class_code").first(), uspto_xml=pl.col("lic_xml_code").first(), drawings=pl.len())
+        .sort("patent_id")
+        .head(max_examples)
+    )
+    by_year = {str(y): counts(df.filter(pl.col("year") == y)) for y in sorted(df["year"].drop_nulls().unique().to_list())}
+    return {**counts(df), "disagree_examples": examples.to_dicts(), "by_year": by_year}
 
 
 def lic_coverage(drawings: pa.Table | pl.DataFrame, hierarchy: pa.Table | pl.DataFrame) -> float:

@@ -23,10 +23,12 @@ DRAWINGS = pa.schema(
         ("y_figure", pa.float64()),
         ("w_figure", pa.float64()),
         ("h_figure", pa.float64()),
-        ("W_label", pa.string()),
-        ("H_label", pa.string()),
-        ("L_label", pa.string()),
-        ("T_label", pa.string()),
+        ("W_label", pa.float64()),  # the figure label's box, normalised (e.g. 0.0439147)
+        ("H_label", pa.float64()),
+        ("L_label", pa.float64()),
+        ("T_label", pa.float64()),
+        ("classification_national", pa.string()),  # as the record has it, e.g. "D 8403"
+        ("classification_locarno", pa.string()),  # as the record has it, e.g. "1403" (numbers zero-padded to 4)
         ("image_path", pa.string()),
     ]
 )
@@ -57,7 +59,11 @@ LIC_HIERARCHY = pa.schema(
         ("class_title", pa.string()),
         ("subclass_code", pa.string()),
         ("subclass_title", pa.string()),
-        ("lic_edition", pa.string()),
+        ("lic_edition", pa.string()),  # the taxonomy edition the code was checked against and titled from ('8'..'15')
+        ("known_subclass", pa.bool_()),  # False: a subclass that edition does not list (kept, flagged); null: class only
+        ("mapped_subclass_code", pa.string()),  # stable training label (the subclass unless renumbered or split)
+        ("lic_source", pa.string()),  # where the code came from: "record" (DeepPatent2) or "uspto_xml"
+        ("lic_xml_code", pa.string()),  # the USPTO XML code of the patent when there is one (to audit disagreements)
         ("class_label", pa.int32()),
         ("subclass_label", pa.int32()),
         ("patent_label", pa.int32()),

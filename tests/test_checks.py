@@ -40,7 +40,9 @@ def hierarchy_frame(image_dir: Path) -> pl.DataFrame:
             rows.append({"drawing_id": f"{p}-D{fig:05d}", "patent_id": p, "figid": fig,
                          "image_path": str(image_dir / f"{p}-D{fig:05d}.png"), "class_code": klass,
                          "class_title": f"class {klass}", "subclass_code": sub,
-                         "subclass_title": None if sub is None else f"subclass {sub}", "lic_edition": "11"})
+                         "subclass_title": None if sub is None else f"subclass {sub}", "lic_edition": "11",
+                         "known_subclass": None if sub is None else True, "mapped_subclass_code": sub,
+                         "lic_source": "uspto_xml", "lic_xml_code": sub or klass})
     df = pl.DataFrame(rows)
     return df.with_columns(
         class_label=pl.col("class_code").rank("dense").cast(pl.Int32) - 1,

@@ -22,7 +22,7 @@ from hmpcl_lib.deeppatent2 import (
     RawRecord,
     extract_parts,
     extract_year,
-    find_design_json,
+    find_records_files,
     iter_design_records,
     parse_design_record,
     parse_patent_id,
@@ -124,7 +124,8 @@ def test_extract_year_finds_everything_by_pattern(tmp_path, top, json_at, origin
     archive = reassemble_parts(parts, tmp_path / "2019.tar.gz")
     out = tmp_path / "extracted" / "2019"
     year = extract_year(archive, out)
-    assert year.design_json == out / "design2019.json" and year.design_json.read_bytes() == DESIGN_2019.read_bytes()
+    assert year.records == (out / "design2019.json",) and year.records[0].read_bytes() == DESIGN_2019.read_bytes()
+    assert year.archive_format == "tar.gz" and sorted(year.inner.values()) == ["tar.gz", "tar.gz"]
     index = png_index(out)
     assert set(index) == set(ORIGINAL_PNGS + SEGMENTED_PNGS)
     assert all("/Segmented/" in index[n] for n in SEGMENTED_PNGS)
@@ -184,8 +185,8 @@ def test_year_parts_and_extract_parts_as_the_pipeline_calls_them(tmp_path):
     parts = year_parts(raw, 2019)
     assert [p.name for p in parts] == ["2019.aa", "2019.ab", "2019.ac", "2019.ad"]
     out = tmp_path / "extracted" / "2019"
-    assert extract_parts(parts, out) == out
-    assert find_design_json(out, 2019) == out / "design2019.json"
+    assert extract_parts(parts, out).root == out
+    assert find_records_files(out) == [out / "design2019.json"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["2019"]  # reassembled archive removed
     first_marker = (out / EXTRACTED_MARKER).stat().st_mtime_ns
     extract_parts(parts, out)  # same parts: nothing redone
@@ -201,56 +202,58 @@ def test_year_parts_and_extract_parts_as_the_pipeline_calls_them(tmp_path):
 def test_archive_without_design_json(tmp_path):
     archive = tmp_path / "a.tar"
     archive.write_bytes(_tar_bytes({"2019/readme.txt": b"x"}, mode="w"))
-    with pytest.raises(InputError, match=r"a\.tar.*expected one design\*\.json, found none"):
+    with pytest.raises(InputError, match=r"a\.tar.*no per-figure records file \(design\*\.json or segmentation_"):
         extract_year(archive, tmp_path / "out")
 
 
 # ---------------------------------------------------------------- streaming JSON
 
 
-@pytest.mark.parametrize("chunk_chars", [1, 7, 1 << 20])
-def test_array_stream_matches_json_load(chunk_chars):
+@pytest.mark.parametrize("buf_size", [1, 7, 1 << 20])
+def test_array_stream_matches_json_load(buf_size):
     expected = json.loads(DESIGN_2019.read_text(encoding="utf-8"))
-    records = list(iter_design_records(DESIGN_2019, chunk_chars=chunk_chars))
+    records = list(iter_design_records(DESIGN_2019, buf_size=buf_size))
     assert [r.data for r in records] == expected and [r.index for r in records] == list(range(len(expected)))
-    raw = DESIGN_2019.read_bytes()  # offsets are bytes, correct past the multi-byte characters
-    assert all(json.JSONDecoder().raw_decode(raw[r.offset :].decode("utf-8"))[0] == r.data for r in records)
+    assert all(type(r.data["W_label"]) is float for r in records)  # numbers come back as float, not Decimal
 
 
 def test_array_edge_cases(tmp_path):
     path = tmp_path / "d.json"
     path.write_bytes(b"\xef\xbb\xbf  [ 1 , 23456 ,\n{\"a\": [1, 2]} ]  \n")
-    assert [r.data for r in iter_design_records(path, chunk_chars=2)] == [1, 23456, {"a": [1, 2]}]
+    assert [r.data for r in iter_design_records(path, buf_size=2)] == [1, 23456, {"a": [1, 2]}]
     path.write_text("[ ]")
     assert list(iter_design_records(path)) == []
 
 
-def test_malformed_array_element_names_index_and_offset(tmp_path):
+def test_malformed_array_element_names_record_and_context(tmp_path):
     path = tmp_path / "design2019.json"
     text = '[{"id": 1},\n {"id": 2},\n {"id": 3, "x": },\n {"id": 4}]'
     path.write_text(text)
-    with pytest.raises(InputError) as excinfo:
-        list(iter_design_records(path, chunk_chars=5))
-    message = str(excinfo.value)
-    offset = text.index('{"id": 3')
-    assert str(path) in message and "record #2" in message and f"byte {offset}" in message
+    for buf_size in (5, 1 << 16):  # yajl quotes the text around the error from its current buffer
+        with pytest.raises(InputError) as excinfo:
+            list(iter_design_records(path, buf_size=buf_size))
+        assert str(path) in str(excinfo.value) and "record #2: malformed JSON record" in str(excinfo.value)
+    assert '"x": }' in str(excinfo.value)
 
 
 @pytest.mark.parametrize(
-    "text, match",
+    "data, match",
     [
-        ('[{"id": 1}, {"id": 2}', "truncated"),
-        ('[{"id": 1}, {"id": 2', "malformed JSON record"),
-        ('[{"id": 1} {"id": 2}]', "expected ',' or ']'"),
-        ('[{"id": 1}] {"id": 2}', "after the closing"),
-        ("", "empty"),
+        (b'[{"id": 1}, {"id": 2}', "truncated"),
+        (b'[{"id": 1}, {"id": 2', "truncated"),
+        (b'[{"id": 1}, {"id" 2}]', r"record #1: malformed JSON record"),
+        (b'[{"id": 1} {"id": 2}]', "expect ',' or ']'"),
+        (b'[1, "\xff"]', r"record #1: malformed JSON record \(lexical error: invalid bytes in UTF8 string"),
+        (b'[{"id": 1}] {"id": 2}', "after the closing"),
+        (b"[" * 200_000, "nests deeper than"),  # refused before ijson's memory grows with depth squared
+        (b"", "empty"),
     ],
 )
-def test_broken_arrays(tmp_path, text, match):
+def test_broken_arrays(tmp_path, data, match):
     path = tmp_path / "d.json"
-    path.write_text(text)
+    path.write_bytes(data)
     with pytest.raises(InputError, match=match):
-        list(iter_design_records(path, chunk_chars=3))
+        list(iter_design_records(path, buf_size=3 if len(data) < 100 else 1 << 16))
 
 
 def test_json_lines_resyncs_after_malformed_line(tmp_path):
@@ -259,7 +262,7 @@ def test_json_lines_resyncs_after_malformed_line(tmp_path):
     records = list(iter_design_records(path))
     assert [r.data for r in records] == [{"id": 1}, None, {"id": 3}, None, {"id": 4}]
     assert records[1].error.startswith("malformed JSON: line 3 at byte 11")
-    assert records[1].offset == 11 and records[3].error is not None
+    assert records[1].line == 3 and records[4].line == 6 and records[3].error is not None
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], **FUZZ)
@@ -268,7 +271,7 @@ def test_stream_never_raises_anything_but_input_error(tmp_path, data):
     path = tmp_path / "fuzz.json"
     path.write_bytes(data)
     try:
-        for record in iter_design_records(path, chunk_chars=4):
+        for record in iter_design_records(path, buf_size=4):
             assert isinstance(record, RawRecord)
     except InputError:
         pass
@@ -327,6 +330,8 @@ def test_record_parser_row():
     assert row["drawing_id"] == f"{A}-D00001_1" and row["doc_number"] == "D0836880"
     assert row["grant_date"] == date(2019, 1, 1) and row["figid"] == 1 and row["w_figure"] == 310.0
     assert row["h_figure"] is None and row["caption"].endswith("café chair — view 1")
+    assert (row["W_label"], row["H_label"], row["L_label"], row["T_label"]) == (0.0439147, None, 0.119197, 0.8113)
+    assert (row["classification_locarno"], row["classification_national"]) == ("1403", "D 8403")
 
 
 # ---------------------------------------------------------------- parse_year
@@ -334,7 +339,8 @@ def test_record_parser_row():
 
 def test_parse_year_rows_and_quarantine(tmp_path):
     root = _write_images(tmp_path / "extracted")
-    drawings, quarantine = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0)
+    parsed = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0)
+    drawings, quarantine = parsed.drawings, parsed.quarantine
     assert drawings.schema == schemas.DRAWINGS and quarantine.schema == schemas.QUARANTINE
     rows = {r["drawing_id"]: r for r in drawings.to_pylist()}
     assert sorted(rows) == [f"{A}-D00001_1", f"{A}-D00002_2", f"{B}-D00001_1", f"{B}-D00002"]
@@ -362,7 +368,8 @@ def test_parse_year_too_many_bad_records_fails_with_counts(tmp_path):
 
 
 def test_parse_year_without_images(tmp_path):
-    drawings, quarantine = parse_year(DESIGN_2019, None, 2019, max_bad_fraction=1.0, require_images=False)
+    parsed = parse_year(DESIGN_2019, None, 2019, max_bad_fraction=1.0, require_images=False)
+    drawings, quarantine = parsed.drawings, parsed.quarantine
     assert drawings.num_rows == 5 and drawings.column("image_path").null_count == 5  # C has no image but passes
     assert "missing image" not in reason_counts(quarantine)
     with pytest.raises(InputError, match="image_root is required"):
@@ -373,7 +380,8 @@ def test_parse_year_verify_images_quarantines_undecodable(tmp_path):
     root = _write_images(tmp_path)
     broken = root / "Segmented" / f"{B}-D00001_1.png"
     broken.write_bytes(broken.read_bytes()[:30])
-    drawings, quarantine = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0, verify_images=True)
+    parsed = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0, verify_images=True)
+    drawings, quarantine = parsed.drawings, parsed.quarantine
     assert f"{B}-D00001_1" not in drawings.column("drawing_id").to_pylist()
     assert reason_counts(quarantine)["undecodable image"] == 1
 
@@ -383,8 +391,9 @@ def test_parse_year_json_lines_and_small_batches(tmp_path):
     records = json.loads(DESIGN_2019.read_text(encoding="utf-8"))[:4]
     path = tmp_path / "design2019.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n{broken\n" + "\n".join(json.dumps(r) for r in records[2:]))
-    drawings, quarantine = parse_year(path, root, 2019, max_bad_fraction=0.5, batch_size=1)
-    reference, _ = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0)
+    parsed = parse_year(path, root, 2019, max_bad_fraction=0.5, batch_size=1)
+    drawings, quarantine = parsed.drawings, parsed.quarantine
+    reference = parse_year(DESIGN_2019, root, 2019, max_bad_fraction=1.0).drawings
     assert drawings.to_pylist() == reference.to_pylist()
     assert quarantine.to_pylist() == [
         {"source": str(path), "record": "#2", "reason": "malformed JSON: line 3 at byte " + str(

@@ -12,7 +12,7 @@ import pytest
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.hierarchy import build_lic_hierarchy, build_splits, lic_coverage, patent_hash
+from hmpcl_lib.hierarchy import build_lic_hierarchy, build_splits, lic_coverage, lic_source_report, patent_hash
 from hmpcl_lib.locarno import read_lic_codes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uspto"
@@ -160,6 +160,127 @@ def test_hierarchy_from_real_format_grant_files():
     got = {(r["patent_id"], r["subclass_code"]) for r in hierarchy.to_pylist()}
     assert got == {("USD0836880-20190101", "15-07"), ("USD0837001-20190108", None)}
     assert quarantine.column("reason").to_pylist() == ["no Locarno code for patent USD0836882-20190101"]
+
+
+# ---------------------------------------------------------------------------------------------- codes by edition, record vs XML
+
+
+def codes_with_editions(codes: dict[str, tuple[str, str | None, str | None]]) -> pa.Table:
+    """lic_codes rows {patent_id: (class, subclass, edition as the XML writes it)}."""
+    table = make_codes({p: (klass, sub) for p, (klass, sub, _) in codes.items()})
+    return table.set_column(table.schema.get_field_index("lic_edition"), "lic_edition", pa.array([e for _, _, e in codes.values()], pa.string()))
+
+
+def with_records(drawings: pa.Table, record_codes: dict[str, str | None]) -> pl.DataFrame:
+    """The drawings with `classification_locarno` per patent, as DeepPatent2 records of some years carry it."""
+    df = pl.from_arrow(drawings)
+    return df.with_columns(classification_locarno=pl.col("patent_id").replace_strict(record_codes, default=None, return_dtype=pl.String))
+
+
+def by_patent(hierarchy: pa.Table) -> dict[str, dict]:
+    return {r["patent_id"]: r for r in hierarchy.to_pylist()}
+
+
+def test_record_code_takes_precedence_and_disagreements_are_reported():
+    patents = {
+        "USD0900001-20190101": 2,  # record 1403 = XML 14-03
+        "USD0900002-20190101": 1,  # record 0602, XML 15-07: disagree, record wins
+        "USD0900003-20190108": 2,  # record only
+        "USD0900004-20190108": 1,  # XML only (record null)
+        "USD0900005-20200107": 1,  # record "None" text: no record code, XML used
+        "USD0900006-20200107": 2,  # record 1403, XML class-only 14: agree on the class, not a disagreement
+    }
+    drawings = with_records(make_drawings(patents), {
+        "USD0900001-20190101": "1403", "USD0900002-20190101": "0602", "USD0900003-20190108": "1507",
+        "USD0900005-20200107": "None", "USD0900006-20200107": "1403",
+    })
+    codes = make_codes({
+        "USD0900001-20190101": ("14", "14-03"), "USD0900002-20190101": ("15", "15-07"),
+        "USD0900004-20190108": ("15", "15-01"), "USD0900005-20200107": ("06", "06-01"), "USD0900006-20200107": ("14", None),
+    })
+    hierarchy, quarantine = build_lic_hierarchy(drawings, codes)
+    assert hierarchy.schema == schemas.LIC_HIERARCHY and quarantine.num_rows == 0
+    got = {p: (r["subclass_code"], r["lic_source"], r["lic_xml_code"]) for p, r in by_patent(hierarchy).items()}
+    assert got == {
+        "USD0900001-20190101": ("14-03", "record", "14-03"),
+        "USD0900002-20190101": ("06-02", "record", "15-07"),
+        "USD0900003-20190108": ("15-07", "record", None),
+        "USD0900004-20190108": ("15-01", "uspto_xml", "15-01"),
+        "USD0900005-20200107": ("06-01", "uspto_xml", "06-01"),
+        "USD0900006-20200107": ("14-03", "record", "14"),
+    }
+    report = lic_source_report(hierarchy)
+    assert {k: report[k] for k in ("drawings", "from_record", "from_uspto_xml", "record_and_xml", "disagree")} == {
+        "drawings": 9, "from_record": 7, "from_uspto_xml": 2, "record_and_xml": 5, "disagree": 1,
+    }
+    assert report["disagree_examples"] == [{"patent_id": "USD0900002-20190101", "record": "06-02", "uspto_xml": "15-07", "drawings": 1}]
+    assert report["by_year"]["2019"]["from_record"] == 5 and report["by_year"]["2020"] == {
+        "drawings": 3, "from_record": 2, "from_uspto_xml": 1, "record_and_xml": 2, "disagree": 0, "unknown_subclass_for_edition": 0,
+    }
+
+
+def test_drawings_without_record_columns_use_the_xml_code():
+    drawings = make_drawings(PATENTS)
+    if "classification_locarno" in drawings.column_names:
+        drawings = drawings.drop_columns(["classification_locarno"])
+    hierarchy, _ = build_lic_hierarchy(drawings, make_codes(CODES))
+    assert set(hierarchy.column("lic_source").to_pylist()) == {"uspto_xml"}
+    assert lic_source_report(hierarchy)["from_record"] == 0
+
+
+def test_malformed_record_code_is_quarantined_naming_the_drawing():
+    drawings = with_records(make_drawings({"USD0900001-20190101": 2, "USD0900002-20190101": 1}),
+                            {"USD0900001-20190101": "14-03-9", "USD0900002-20190101": "3301"})
+    hierarchy, quarantine = build_lic_hierarchy(drawings, make_codes(CODES), source="design2019.json")
+    assert hierarchy.num_rows == 0
+    rows = quarantine.to_pylist()
+    assert [r["record"] for r in rows] == ["USD0900001-20190101-D00001_1", "USD0900001-20190101-D00002_2", "USD0900002-20190101-D00001_1"]
+    assert {r["source"] for r in rows} == {"design2019.json"}
+    assert "bad classification_locarno 14-03-9 of patent USD0900001-20190101: malformed Locarno code" in rows[0]["reason"]
+    assert "invalid Locarno class 33" in rows[2]["reason"]
+
+
+def test_titles_and_flags_come_from_the_grant_edition():
+    codes = codes_with_editions({
+        "USD0900001-20190101": ("14", "14-04", "12"),
+        "USD0900002-20210105": ("14", "14-04", "13"),
+        "USD0900003-20190108": ("15", "15-08", " 12 "),  # vacant: kept and flagged
+        "USD0900004-20230103": ("23", "23-02", "14"),  # vacant from the 14th: kept and flagged
+        "USD0900005-20080101": ("23", "23-02", "LOC (8)"),
+        "USD0900006-20160105": ("14", "14-03", None),  # no edition in the XML: the one in force on the grant date (10)
+    })
+    drawings = make_drawings({p: 1 for p in ["USD0900001-20190101", "USD0900002-20210105", "USD0900003-20190108",
+                                             "USD0900004-20230103", "USD0900005-20080101", "USD0900006-20160105"]})
+    hierarchy, quarantine = build_lic_hierarchy(drawings, codes)
+    assert quarantine.num_rows == 0
+    rows = by_patent(hierarchy)
+    pick = {p: (r["lic_edition"], r["class_title"], r["subclass_title"], r["known_subclass"]) for p, r in rows.items()}
+    data_processing = "Recording, telecommunication or data processing equipment"
+    assert pick["USD0900001-20190101"] == ("12", data_processing, "Screen displays and icons", True)
+    assert pick["USD0900002-20210105"] == ("13", data_processing, "Graphical user interfaces and icons", True)
+    assert pick["USD0900003-20190108"][0] == "12" and pick["USD0900003-20190108"][2:] == (None, False)
+    assert pick["USD0900004-20230103"][2:] == (None, False)
+    assert pick["USD0900005-20080101"] == ("8", rows["USD0900005-20080101"]["class_title"], "Sanitary appliances", True)
+    assert pick["USD0900006-20160105"][0] == "10"
+    assert pick["USD0900006-20160105"][1] == "Recording, communication or information retrieval equipment"
+    assert lic_source_report(hierarchy)["unknown_subclass_for_edition"] == 2
+
+
+def test_renumbered_subclasses_share_a_training_label():
+    codes = codes_with_editions({
+        "USD0900001-20150106": ("32", "32-00", "10"),
+        "USD0900002-20230103": ("32", "32-01", "14"),
+        "USD0900003-20230103": ("23", "23-06", "14"),
+        "USD0900004-20190101": ("23", "23-02", "12"),
+    })
+    hierarchy, _ = build_lic_hierarchy(make_drawings({p: 1 for p in ["USD0900001-20150106", "USD0900002-20230103",
+                                                                       "USD0900003-20230103", "USD0900004-20190101"]}), codes)
+    rows = by_patent(hierarchy)
+    assert rows["USD0900001-20150106"]["mapped_subclass_code"] == rows["USD0900002-20230103"]["mapped_subclass_code"] == "32-01"
+    assert rows["USD0900001-20150106"]["subclass_label"] == rows["USD0900002-20230103"]["subclass_label"]
+    assert rows["USD0900003-20230103"]["subclass_label"] == rows["USD0900004-20190101"]["subclass_label"]
+    assert rows["USD0900003-20230103"]["subclass_code"] == "23-06"  # the code itself is kept
+    assert rows["USD0900001-20150106"]["subclass_label"] != rows["USD0900003-20230103"]["subclass_label"]
 
 
 # ---------------------------------------------------------------------------------------------- splits

@@ -1,6 +1,8 @@
 """Data assets: raw DeepPatent2 archives → parsed drawings (per year) + Locarno codes → hierarchy → splits."""
 
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
@@ -18,48 +20,61 @@ download_retry = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPO
 @dg.asset(partitions_def=year_partitions, group_name="data", retry_policy=download_retry, kinds={"python"})
 def raw_archives(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """The year's DeepPatent2 archive parts (`YYYY.aa`, `YYYY.ab`, ...): downloaded from Harvard Dataverse with
-    resume and md5 checks, or generated offline when the store's source is the sample corpus."""
+    resume and checksum checks, or generated offline when the store's source is the sample corpus. The year's lock
+    keeps a concurrent run of the same year from sharing the `.part` files (or extracting half-written parts)."""
     year = int(context.partition_key)
     dest = store.raw_dir(year)
-    if store.source == "sample":
-        spec = store.sample_spec()
-        if year not in spec.years:
-            raise dg.Failure(f"the sample corpus covers the years {list(spec.years)}, not {year}; "
-                             "set HMPCL_SOURCE=deeppatent2 for real data")
-        from hmpcl_lib.sample import write_sample_year
-
-        parts = write_sample_year(spec, year, dest)
-    elif store.source == "deeppatent2":
-        parts = deeppatent2.download_year(year, dest, base_url=store.dataverse_url, doi=store.doi)
-    else:
+    if store.source not in ("sample", "deeppatent2"):
         raise dg.Failure(f"unknown source {store.source!r}: use 'sample' or 'deeppatent2'")
+    with deeppatent2.year_lock(dest):
+        if store.source == "sample":
+            spec = store.sample_spec()
+            if year not in spec.years:
+                raise dg.Failure(f"the sample corpus covers the years {list(spec.years)}, not {year}; "
+                                 "set HMPCL_SOURCE=deeppatent2 for real data")
+            from hmpcl_lib.sample import write_sample_year
+
+            parts = write_sample_year(spec, year, dest)
+        else:
+            parts = deeppatent2.download_year(year, dest, base_url=store.dataverse_url, doi=store.doi)
+        archive_format = deeppatent2.detect_format(parts)  # of the parts joined: read from the first and last part
     sizes = {p.name: p.stat().st_size for p in parts}
+    if archive_format not in deeppatent2.ARCHIVE_FORMATS:
+        context.log.warning(f"{year}: the joined parts are not a zip or tar archive: {archive_format}")
     return dg.MaterializeResult(metadata={
         "source": store.source,
         "parts": dg.MetadataValue.json(sizes),
         "total_bytes": sum(sizes.values()),
+        "archive_format": archive_format,
         "path": dg.MetadataValue.path(str(dest)),
     })
 
 
 @dg.asset(group_name="data", kinds={"parquet"})
 def lic_codes(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """Locarno codes per design patent, streamed from USPTO weekly grant XML (DeepPatent2 does not carry them)."""
+    """Locarno codes per design patent, streamed from USPTO weekly grant files (`ipgYYMMDD.xml`, or the `.zip`
+    USPTO ships, read without unpacking). Non-grant documents (`<sequence-cwu>` ...) are counted, not quarantined."""
     xml_dir = store.uspto_dir()
     if store.source == "sample":
         from hmpcl_lib.sample import write_sample_uspto
 
         write_sample_uspto(store.sample_spec(), xml_dir)
-    files = sorted(xml_dir.glob("*.xml"))
+    files = sorted([*xml_dir.glob("*.xml"), *xml_dir.glob("*.zip")])
     if not files:
-        raise dg.Failure(f"no USPTO grant XML files (*.xml) in {xml_dir}; set HMPCL_USPTO_XML_DIR")
-    codes, quarantine = locarno.read_lic_codes(files)
+        raise dg.Failure(f"no USPTO grant files (*.xml, *.zip) in {xml_dir}; set HMPCL_USPTO_XML_DIR")
+    counts: list[locarno.GrantFileCounts] = []
+    codes, quarantine = locarno.read_lic_codes(files, counts=counts)
     write_parquet_atomic(codes, store.lic_codes_path)
     write_parquet_atomic(quarantine, store.lic_quarantine_path)
     df, bad = pl.from_arrow(codes), pl.from_arrow(quarantine)
+    read = locarno.summarise_grant_counts(counts)
     return dg.MaterializeResult(metadata={
         **table_metadata(df, store.lic_codes_path),
         "xml_files": len(files),
+        "grants_read": read["grants"],
+        "design_grants": read["design_grants"],
+        "non_grant_documents_skipped": dg.MetadataValue.json(read["skipped"]),
+        "per_file": dg.MetadataValue.json(read["per_file"]),
         "quarantined": bad.height,
         "quarantine_by_reason": dg.MetadataValue.md(counts_markdown(bad, "reason")),
         "class_only_codes": int(df["subclass_code"].null_count()),
@@ -68,18 +83,22 @@ def lic_codes(context: dg.AssetExecutionContext, store: DataStore) -> dg.Materia
 
 @dg.asset(partitions_def=year_partitions, deps=[raw_archives], group_name="data", kinds={"parquet"})
 def drawings(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """One row per DeepPatent2 drawing of the year (SPEC fields + image path); bad records go to quarantine."""
+    """One row per DeepPatent2 drawing of the year (SPEC fields + image path) from every records file of the year
+    (`design*.json`, `segmentation_*.json`); exact duplicates across files are dropped, bad records go to
+    quarantine. Runs under the year's lock, so two runs of one year take turns."""
     year = int(context.partition_key)
-    parts = deeppatent2.year_parts(store.raw_dir(year), year)
-    extracted = deeppatent2.extract_parts(parts, store.extracted_dir(year))
-    table, quarantine = deeppatent2.parse_year(deeppatent2.find_design_json(extracted, year), extracted, year,
-                                               max_bad_fraction=store.max_bad_fraction)
-    write_parquet_atomic(table, store.drawings_path(year))
-    write_parquet_atomic(quarantine, store.quarantine_path(year))
-    df, bad = pl.from_arrow(table), pl.from_arrow(quarantine)
+    extracted, parsed = deeppatent2.build_year(
+        year, store.raw_dir(year), store.extracted_dir(year), store.drawings_path(year), store.quarantine_path(year),
+        max_bad_fraction=store.max_bad_fraction)
+    df, bad = pl.from_arrow(parsed.drawings), pl.from_arrow(parsed.quarantine)
+    files = {Path(f).relative_to(extracted.root).as_posix(): counts for f, counts in parsed.files.items()}
     return dg.MaterializeResult(metadata={
         **table_metadata(df, store.drawings_path(year)),
         "patents": df["patent_id"].n_unique(),
+        "archive_format": extracted.archive_format,
+        "inner_archives": dg.MetadataValue.json(extracted.inner),
+        "records_files": dg.MetadataValue.json(files),
+        "exact_duplicates_dropped": parsed.exact_duplicates,
         "quarantined": bad.height,
         "quarantine_by_reason": dg.MetadataValue.md(counts_markdown(bad, "reason")),
     })
@@ -87,7 +106,9 @@ def drawings(context: dg.AssetExecutionContext, store: DataStore) -> dg.Material
 
 @dg.asset(deps=[drawings, lic_codes], group_name="data", kinds={"parquet"})
 def lic_hierarchy(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """drawing → patent → Locarno subclass → main class (with titles and integer labels), over every parsed year."""
+    """drawing → patent → Locarno subclass → main class (with titles and integer labels), over every parsed year.
+    The code comes from the drawing's DeepPatent2 record when it carries one, else from the USPTO grant XML; both
+    counts and any disagreement between them are in the metadata. Titles come from the grant's own edition."""
     files = sorted((store.base / "parsed" / "drawings").glob("year=*.parquet"))
     if not files:
         raise dg.Failure("no parsed drawings yet: materialize `drawings` for at least one year first")
@@ -98,8 +119,14 @@ def lic_hierarchy(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     write_parquet_atomic(quarantine, store.hierarchy_quarantine_path)
     df = pl.from_arrow(table)
     coverage = hierarchy.lic_coverage(all_drawings, df)
+    sources = hierarchy.lic_source_report(df)
     return dg.MaterializeResult(metadata={
         **table_metadata(df, store.hierarchy_path),
+        "lic_sources": dg.MetadataValue.json(sources),
+        "from_record": sources["from_record"],
+        "from_uspto_xml": sources["from_uspto_xml"],
+        "record_xml_disagree": sources["disagree"],
+        "unknown_subclass_for_edition": sources["unknown_subclass_for_edition"],
         "years": dg.MetadataValue.json([f.stem.split("=")[1] for f in files]),
         "lic_coverage": dg.MetadataValue.float(coverage),
         "main_classes": df["class_code"].n_unique(),
