@@ -187,7 +187,7 @@ def sample_patents(spec: SampleSpec | None = None) -> pl.DataFrame:
         picked = r.choice(len(eligible), size=min(len(eligible), per_kind * len(FAULT_KINDS)), replace=False)
         for j, i in enumerate(picked.tolist()):
             eligible[i]["fault"] = FAULT_KINDS[j % len(FAULT_KINDS)]
-    frame = pl.DataFrame(rows).select(
+    frame = pl.DataFrame(rows, infer_schema_length=None).select(  # faults may first appear after row 100
         "patent_id", "doc_number", "grant_date", "year", "class_code", "subclass_code", "n_views",
         "patent_index", "variant", "fault",
     )
