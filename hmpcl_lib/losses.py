@@ -18,6 +18,22 @@ the global batch is the candidate set. Each rank returns
 so the mean of the per-rank losses (what DDP's gradient averaging optimises) equals the single-process loss
 on the global batch, whatever the split of anchors between ranks. `last_num_anchors` and `last_num_skipped`
 are global counts then.
+
+Target forms (`target=`), all sharing the prediction q and the numerics above:
+- "item" (the paper's): p_ij = w_ij / sum_k w_ik, one weight per candidate. The mass a level gets grows with how many
+  of its items the batch holds: with 1 same-patent, 2 same-subclass and 4 same-class candidates and s = 1/0.5/0.25,
+  each level gets a third of the target, so the same-patent positive (what patent search looks for) gets only 1/3.
+- "level": target mass per level, whatever the batch's counts. With E_l(i) the candidates whose deepest shared
+  level with i is exactly l (patent, subclass, class) and L(i) the levels with E_l(i) non-empty,
+  p_ij = (s_l / sum_{m in L(i)} s_m) / |E_l(i)| for j in E_l(i). With s = 1/0.5/0.25 the same-patent level keeps
+  4/7 of the target whenever the batch has all three levels.
+- "cumulative": a sum of per-level multi-positive terms, as in Zhang et al., "Use All The Labels: A Hierarchical
+  Multi-Label Contrastive Learning Framework" (CVPR 2022): loss = sum_l lambda_l * mean_i CE(u_l(i), q_i), with
+  u_l(i) uniform over the candidates that share *at least* level l with i (same patent ⊂ same subclass ⊂ same
+  class) and lambda_l = (s_patent, s_subclass, s_class). The patent term is exactly the baseline's loss, so the
+  hierarchy is added on top of it rather than taking mass from it. Each term skips the anchors with no positive
+  at its level and averages over its own anchors (so the DDP formula above holds per term).
+`last_num_anchors` / `last_num_skipped` count anchors with a positive at any scored level.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from hmpcl_lib import distributed
 # Bounds for a learnable temperature: below 0.01 logits explode (CLIP caps its scale at 100), above 1 the
 # softmax is nearly flat and the loss stops separating anything.
 LEARNABLE_TEMPERATURE_BOUNDS = (0.01, 1.0)
+TARGETS = ("item", "level", "cumulative")
 
 
 def validate_scores(s_patent: float, s_subclass: float, s_class: float) -> None:
@@ -88,9 +105,13 @@ class HierarchicalContrastiveLoss(nn.Module):
         temperature: float = 0.07,
         learn_temperature: bool = False,
         gather_distributed: bool = True,
+        target: str = "item",
     ) -> None:
         super().__init__()
         validate_scores(s_patent, s_subclass, s_class)
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.target = target
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         low, high = LEARNABLE_TEMPERATURE_BOUNDS
@@ -129,15 +150,38 @@ class HierarchicalContrastiveLoss(nn.Module):
     def temperature(self) -> float:
         return float(self.temperature_tensor().item())
 
-    def _weights_between(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """[n, N] relation weights from [n, 3] and [N, 3] (patent, subclass, class) label rows."""
+    def _level_masks(self, anchors: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[n, N] bool masks: same patent, same known subclass, same main class (not exclusive)."""
         same_patent = anchors[:, None, 0] == candidates[None, :, 0]
         same_subclass = (anchors[:, None, 1] == candidates[None, :, 1]) & (anchors[:, None, 1] >= 0)
         same_class = anchors[:, None, 2] == candidates[None, :, 2]
+        return same_patent, same_subclass, same_class
+
+    def _weights_between(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[n, N] relation weights from [n, 3] and [N, 3] (patent, subclass, class) label rows."""
+        same_patent, same_subclass, same_class = self._level_masks(anchors, candidates)
         zero = torch.zeros((), dtype=torch.float32, device=anchors.device)
         weights = torch.where(same_class, torch.full_like(zero, self.s_class), zero)
         weights = torch.where(same_subclass, torch.full_like(zero, self.s_subclass), weights)
         return torch.where(same_patent, torch.full_like(zero, self.s_patent), weights)
+
+    def _target_terms(self, anchors: torch.Tensor, candidates: torch.Tensor, is_self: torch.Tensor,
+                      dtype: torch.dtype) -> list[tuple[float, torch.Tensor]]:
+        """(lambda, [n, N] non-negative target weights with a zero self column) per term of the loss."""
+        if self.target == "item":
+            return [(1.0, self._weights_between(anchors, candidates).to(dtype).masked_fill_(is_self, 0.0))]
+        same_patent, same_subclass, same_class = (m & ~is_self for m in self._level_masks(anchors, candidates))
+        scores = (self.s_patent, self.s_subclass, self.s_class)
+        if self.target == "cumulative":
+            nested = (same_patent, same_patent | same_subclass, same_patent | same_subclass | same_class)
+            return [(s, mask.to(dtype)) for s, mask in zip(scores, nested) if s > 0]
+        exact = (same_patent, same_subclass & ~same_patent, same_class & ~same_subclass & ~same_patent)
+        weights = torch.zeros(is_self.shape, dtype=dtype, device=is_self.device)
+        for s, mask in zip(scores, exact):
+            if s > 0:
+                m = mask.to(dtype)
+                weights = weights + s * m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return [(1.0, weights)]
 
     def relation_weights(self, patent: torch.Tensor, subclass: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
         """The [N, N] float32 matrix W of relation weights, with a zero diagonal (no self-pairs)."""
@@ -171,25 +215,33 @@ class HierarchicalContrastiveLoss(nn.Module):
             logits = (z.to(compute_dtype) @ candidates.to(compute_dtype).T) / temperature
             columns = torch.arange(candidates.shape[0], device=z.device)
             is_self = columns[None, :] == (torch.arange(rows, device=z.device) + offset)[:, None]
-            weights = self._weights_between(labels, candidate_labels).to(compute_dtype).masked_fill_(is_self, 0.0)
-            row_sum = weights.sum(dim=1)
-            has_positive = row_sum > 0
             log_normaliser = torch.logsumexp(logits.masked_fill(is_self, torch.finfo(logits.dtype).min), dim=1)
-            target_logit = (weights * logits).sum(dim=1) / row_sum.clamp_min(torch.finfo(logits.dtype).tiny)
-            per_anchor = torch.where(has_positive, log_normaliser - target_logit, torch.zeros_like(row_sum))
+            terms = self._target_terms(labels, candidate_labels, is_self, compute_dtype)
+            totals, counts = [], []
+            has_any = torch.zeros(rows, dtype=torch.bool, device=z.device)
+            for _, weights in terms:
+                row_sum = weights.sum(dim=1)
+                has_positive = row_sum > 0
+                target_logit = (weights * logits).sum(dim=1) / row_sum.clamp_min(torch.finfo(logits.dtype).tiny)
+                totals.append(torch.where(has_positive, log_normaliser - target_logit, torch.zeros_like(row_sum)).sum())
+                counts.append(has_positive.sum())
+                has_any |= has_positive
 
-        anchors = has_positive.sum()
-        counts = torch.stack([anchors, rows - anchors]).to(torch.int64)
+        # [anchors of each term..., anchors with a positive at any level, rows], summed over ranks under DDP
+        counts = torch.stack([*counts, has_any.sum(), torch.tensor(rows, device=z.device)]).to(torch.int64)
         if world > 1:
             torch.distributed.all_reduce(counts)
-        self._last_counts = counts.detach()
-        return per_anchor.sum() * world / counts[0].clamp_min(1).to(per_anchor.dtype)
+        self._last_counts = torch.stack([counts[-2], counts[-1] - counts[-2]]).detach()
+        loss = totals[0].new_zeros(())
+        for (weight, _), total, count in zip(terms, totals, counts):
+            loss = loss + weight * total * world / count.clamp_min(1).to(total.dtype)
+        return loss
 
     def extra_repr(self) -> str:
         return (
             f"s_patent={self.s_patent}, s_subclass={self.s_subclass}, s_class={self.s_class}, "
             f"temperature={self.temperature:.4g}, learn_temperature={self.learn_temperature}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, target={self.target!r}"
         )
 
 
