@@ -17,6 +17,12 @@ Hierarchy level:
   - graded nDCG@10: gain 3 same patent, else 2 same subclass, else 1 same main class, else 0; linear gains,
     discount 1 / log2(rank + 1); the ideal DCG sorts the query's gains over the whole gallery.
 Queries with no same-patent item in the gallery are excluded from every metric and counted (`n_excluded`).
+
+Leave-one-out (`queries_in_gallery=True`): every query is also a gallery row, and the caller's ranking leaves the
+query's own row out; the counts of relevant gallery items then leave it out too.
+
+`paired_bootstrap` gives a percentile interval for the difference of two models' means over the same queries
+(resampling queries with replacement, the same resample for both models).
 """
 
 from __future__ import annotations
@@ -79,11 +85,16 @@ def _relevance(query_codes: np.ndarray, gallery_codes: np.ndarray, ranking: np.n
     return (ranked == query_codes[:, None]) & (query_codes[:, None] >= 0)
 
 
-def _gallery_counts(queries: pl.DataFrame, gallery: pl.DataFrame, keys: list[str]) -> np.ndarray:
-    """Per query: number of gallery rows equal on all `keys` (null keys never match)."""
+def _gallery_counts(queries: pl.DataFrame, gallery: pl.DataFrame, keys: list[str],
+                    queries_in_gallery: bool = False) -> np.ndarray:
+    """Per query: number of gallery rows equal on all `keys` (null keys never match), itself left out when the
+    query is one of the gallery rows."""
     counts = gallery.drop_nulls(keys).group_by(keys).agg(pl.len().alias("_n"))
     joined = queries.select(keys).with_row_index("_q").join(counts, on=keys, how="left")
-    return joined.sort("_q")["_n"].fill_null(0).to_numpy().astype(np.int64)
+    n = joined.sort("_q")["_n"].fill_null(0).to_numpy().astype(np.int64)
+    if queries_in_gallery:
+        n = n - queries.select(pl.all_horizontal(pl.col(keys).is_not_null())).to_series().to_numpy()
+    return n
 
 
 def _average_precision(relevant: np.ndarray, normaliser: np.ndarray) -> np.ndarray:
@@ -115,9 +126,14 @@ def _ideal_dcg(n_patent: np.ndarray, n_subclass: np.ndarray, n_class: np.ndarray
     return (gains / np.log2(positions + 2)).sum(axis=1)
 
 
-def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray) -> pl.DataFrame:
+def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray,
+                      queries_in_gallery: bool = False) -> pl.DataFrame:
     """One row per query: drawing_id, class_code, `excluded` flag and every metric (null when excluded)."""
     ranking = _check_inputs(queries, gallery, ranking)
+
+    def counts(keys: list[str]) -> np.ndarray:
+        return _gallery_counts(queries, gallery, keys, queries_in_gallery)
+
     q_patent, g_patent = _codes(queries["patent_id"], gallery["patent_id"])
     q_sub, g_sub = _codes(queries["subclass_code"], gallery["subclass_code"])
     q_cls, g_cls = _codes(queries["class_code"], gallery["class_code"])
@@ -126,9 +142,9 @@ def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.
     rel_sub = _relevance(q_sub, g_sub, ranking)
     rel_cls = _relevance(q_cls, g_cls, ranking)
 
-    n_patent = _gallery_counts(queries, gallery, ["patent_id"])
-    n_sub = _gallery_counts(queries, gallery, ["subclass_code"])
-    n_cls = _gallery_counts(queries, gallery, ["class_code"])
+    n_patent = counts(["patent_id"])
+    n_sub = counts(["subclass_code"])
+    n_cls = counts(["class_code"])
     excluded = n_patent == 0
 
     columns: dict[str, np.ndarray] = {"patent_map": _average_precision(rel_patent, n_patent)}
@@ -147,10 +163,10 @@ def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.
         0.0,
     )
     dcg = (gains / np.log2(np.arange(gains.shape[1]) + 2)).sum(axis=1)
-    n_patent_sub = _gallery_counts(queries, gallery, ["patent_id", "subclass_code"])
-    n_patent_cls = _gallery_counts(queries, gallery, ["patent_id", "class_code"])
-    n_sub_cls = _gallery_counts(queries, gallery, ["subclass_code", "class_code"])
-    n_all = _gallery_counts(queries, gallery, ["patent_id", "subclass_code", "class_code"])
+    n_patent_sub = counts(["patent_id", "subclass_code"])
+    n_patent_cls = counts(["patent_id", "class_code"])
+    n_sub_cls = counts(["subclass_code", "class_code"])
+    n_all = counts(["patent_id", "subclass_code", "class_code"])
     n_gain_2 = n_sub - n_patent_sub
     n_gain_1 = n_cls - n_sub_cls - n_patent_cls + n_all
     ideal = _ideal_dcg(n_patent, n_gain_2, n_gain_1, NDCG_K)
@@ -168,7 +184,7 @@ def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.
     return frame.with_columns(pl.col(METRIC_COLUMNS).fill_nan(None))
 
 
-def _summarise(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:
+def _scope_means(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:
     return (
         per_query.with_columns(scope.alias("scope"))
         .group_by("scope", maintain_order=True)
@@ -180,23 +196,57 @@ def _summarise(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:
     )
 
 
-def evaluate(
-    queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray, per_class: bool = True
-) -> pl.DataFrame:
-    """All metrics: a `scope="all"` row, then one row per query main class (sorted), columns OUTPUT_COLUMNS.
+def summarise(per_query: pl.DataFrame, per_class: bool = True) -> pl.DataFrame:
+    """A `scope="all"` row, then one row per query main class (sorted), columns OUTPUT_COLUMNS.
 
     Means are over included queries; a metric with no defined value in a scope is null.
     """
-    per_query = per_query_metrics(queries, gallery, ranking)
-    parts = [_summarise(per_query, pl.lit("all"))]
+    parts = [_scope_means(per_query, pl.lit("all"))]
     if per_class:
-        by_class = _summarise(per_query, pl.col("class_code").fill_null("unknown"))
+        by_class = _scope_means(per_query, pl.col("class_code").fill_null("unknown"))
         parts.append(by_class.sort("scope"))
     result = pl.concat(parts, how="vertical").select(OUTPUT_COLUMNS)
-    if queries.height == 0:
+    if per_query.height == 0:
         result = pl.DataFrame(
             {"scope": ["all"], "n_queries": [0], "n_excluded": [0], **{c: [None] for c in METRIC_COLUMNS}},
             schema={"scope": pl.String, "n_queries": pl.Int64, "n_excluded": pl.Int64}
             | {c: pl.Float64 for c in METRIC_COLUMNS},
         )
     return result
+
+
+def evaluate(
+    queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray, per_class: bool = True,
+    queries_in_gallery: bool = False,
+) -> pl.DataFrame:
+    """All metrics of `per_query_metrics`, summarised by `summarise`."""
+    return summarise(per_query_metrics(queries, gallery, ranking, queries_in_gallery), per_class)
+
+
+def paired_bootstrap(a: pl.DataFrame, b: pl.DataFrame, metrics: list[str] | None = None, n_resamples: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> pl.DataFrame:
+    """Mean difference b - a per metric over the queries both evaluated, with a paired percentile interval.
+
+    `a` and `b` are `per_query_metrics` frames of two models on the same queries (joined on drawing_id; a query
+    excluded or undefined in either is left out of that metric). Returns metric, n, diff, low, high.
+    """
+    metrics = metrics or METRIC_COLUMNS
+    joined = a.select("drawing_id", *metrics).join(b.select("drawing_id", *metrics), on="drawing_id", suffix="_b")
+    if joined.height != a.height or joined.height != b.height:
+        raise InputError(f"paired_bootstrap needs the same queries: {a.height} vs {b.height}, {joined.height} shared",
+                         source="per_query_metrics")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in metrics:
+        pair = joined.select(m, f"{m}_b").drop_nulls().to_numpy()
+        n = pair.shape[0]
+        if n == 0:
+            rows.append({"metric": m, "n": 0, "diff": None, "low": None, "high": None})
+            continue
+        diff = pair[:, 1] - pair[:, 0]
+        means = diff[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(means, [tail, 100 - tail])
+        rows.append({"metric": m, "n": n, "diff": float(diff.mean()), "low": float(low), "high": float(high)})
+    return pl.DataFrame(rows, schema={"metric": pl.String, "n": pl.Int64, "diff": pl.Float64, "low": pl.Float64,
+                                      "high": pl.Float64})
