@@ -97,17 +97,14 @@ def embed_paths(
     )
     was_training = model.training
     model.eval().to(target)
-    if on_cuda:
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported())
     chunks: list[np.ndarray] = []
     start = time.perf_counter()
     try:
         with torch.inference_mode(), autocast:
             for images, _ in loader:
-                images = images.to(target, non_blocking=True)
-                if on_cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(target, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 vectors = F.normalize(model(images).float(), dim=-1)
                 chunks.append(vectors.cpu().numpy())
     finally:

@@ -65,6 +65,16 @@ class Encoder(nn.Module):
         return F.normalize(z.float(), dim=-1)
 
 
+def pooled_view(encoder: Encoder) -> Encoder:
+    """The same backbone (shared weights) without its projection head: L2-normalised pooled features.
+
+    SimCLR (Chen et al., ICML 2020) found the representation before the projection head transfers better than
+    its output; retrieval can use either.
+    """
+    config = {k: v for k, v in encoder.config.items() if k not in ("num_features", "embed_dim", "head")}
+    return Encoder(encoder.backbone, None, encoder.config["head"], config).train(encoder.training)
+
+
 def build_encoder(
     backbone: str = "efficientnet_lite0",
     embed_dim: int | None = 256,

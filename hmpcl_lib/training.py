@@ -64,6 +64,7 @@ class TrainConfig:
     embed_dim: int | None = 256  # None: no projection head
     head: str = "mlp"  # "mlp" | "linear"
     loss: str = "hierarchical"  # "hierarchical" | "baseline"
+    target: str = "item"  # hierarchical target form: "item" (paper) | "level" | "cumulative" (see losses.py)
     s_patent: float = 1.0
     s_subclass: float = 0.5
     s_class: float = 0.25
@@ -96,7 +97,9 @@ class TrainConfig:
 
         need(self.loss in ("hierarchical", "baseline"), f"loss must be 'hierarchical' or 'baseline', got {self.loss!r}")
         need(self.head in ("mlp", "linear"), f"head must be 'mlp' or 'linear', got {self.head!r}")
-        from .losses import validate_scores
+        from .losses import TARGETS, validate_scores
+
+        need(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
 
         try:
             validate_scores(self.s_patent, self.s_subclass, self.s_class)
@@ -140,7 +143,8 @@ def build_loss(config: TrainConfig) -> nn.Module:
     if config.loss == "baseline":
         return baseline_loss(**common)
     return HierarchicalContrastiveLoss(
-        s_patent=config.s_patent, s_subclass=config.s_subclass, s_class=config.s_class, **common
+        s_patent=config.s_patent, s_subclass=config.s_subclass, s_class=config.s_class, target=config.target,
+        **common
     )
 
 
@@ -178,8 +182,7 @@ def train(
         encoder = build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
                                 image_size=config.image_size)
         encoder.to(device)
-        if device.type == "cuda":
-            encoder.to(memory_format=torch.channels_last)
+        encoder.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
         criterion = build_loss(config).to(device)
         optimizer = _build_optimizer(encoder, criterion, config)
 
@@ -225,9 +228,7 @@ def train(
             _set_train_mode(encoder, config.freeze_bn)
             for images, indices in loader:
                 batch_labels = {k: v.to(device, non_blocking=True) for k, v in dataset.labels_of(indices).items()}
-                images = images.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     z = model(images)
                 loss = criterion(z.float(), batch_labels["patent_label"], batch_labels["subclass_label"],
@@ -589,6 +590,22 @@ def _flag_type(hint: Any) -> Callable[[str], Any]:
 
     convert.__name__ = getattr(base, "__name__", "value")
     return convert
+
+
+def config_from_strings(assignments: list[str], base: TrainConfig | None = None) -> TrainConfig:
+    """`["epochs=4", "learn_temperature=true"]` applied to `base` (default TrainConfig()), typed like the CLI flags."""
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            raise ValueError(f"expected FIELD=VALUE with a TrainConfig field, got {item!r}")
+        try:
+            values[key] = _flag_type(hints[key])(text.strip())
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"bad value for {key}: {text!r} ({e})") from None
+    return dataclasses.replace(base or TrainConfig(), **values)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
