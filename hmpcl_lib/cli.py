@@ -5,8 +5,12 @@ Everything is read through MLflow's client API, so it works the same on the loca
 mlflow is imported inside the commands to keep `hmpcl --help` instant.
 
     hmpcl metrics --last 5 [--metric patent_map ...] [--tracking-uri URI] [--experiment hmpcl]
-    hmpcl compare RUN_A RUN_B        (run ids or run names; B - A deltas)
+    hmpcl compare RUN_A RUN_B        (run ids or run names; B - A deltas, paired 95 % intervals when both logged
+                                      per-query metrics)
     hmpcl champion                   (the registered model's `champion` version and its tags)
+    hmpcl sweep --seeds 0 1 2 [--variant NAME ...] [--set epochs=4]
+                                     (train a grid of loss/sampler/schedule variants over seeds; MLflow parent run
+                                      with one child per run; table with mean ± sd, paired intervals, Pareto front)
 """
 
 from __future__ import annotations
@@ -144,7 +148,58 @@ def compare_command(cfg: tracking.TrackingConfig, run_a: str, run_b: str, metric
     rows = [[k, format_value(ma.get(k)), format_value(mb.get(k)), format_delta(ma.get(k), mb.get(k))] for k in names]
     table = render_table(["metric", "A", "B", "B - A"], rows) if rows else "(no metrics)"
     note = f"\n({hidden} per-class metrics hidden; add --per-class)" if hidden else ""
-    return f"{title}\n\nParams that differ:\n{params}\n\nMetrics:\n{table}{note}"
+    return f"{title}\n\nParams that differ:\n{params}\n\nMetrics:\n{table}{note}{_paired_section(cfg, a, b)}"
+
+
+def _paired_section(cfg: tracking.TrackingConfig, a, b) -> str:
+    """Paired bootstrap intervals of B - A over the queries both runs were benchmarked on, per protocol."""
+    from hmpcl_lib.experiment import PROTOCOL_PREFIX, per_query_artifact
+    from hmpcl_lib.metrics import paired_bootstrap
+
+    parts = []
+    for protocol in PROTOCOL_PREFIX:
+        qa, qb = (per_query_artifact(r.info.run_id, cfg, protocol) for r in (a, b))
+        if qa is None or qb is None:
+            continue
+        try:
+            diff = paired_bootstrap(qa, qb)
+        except HmpclError as err:
+            parts.append(f"\n\n{protocol}: no paired interval ({err})")
+            continue
+        rows = [[r["metric"], str(r["n"]), format_value(r["diff"]), format_value(r["low"]), format_value(r["high"])]
+                for r in diff.iter_rows(named=True)]
+        parts.append(f"\n\nB - A per query, {protocol} protocol (paired bootstrap, 95 %):\n"
+                     + render_table(["metric", "queries", "mean diff", "low", "high"], rows))
+    return "".join(parts)
+
+
+def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrides: list[str], out: str | None,
+                  name: str, cfg: tracking.TrackingConfig | None, protocol: str) -> str:
+    """Run (or resume) a sweep and return its summary tables."""
+    import polars as pl
+
+    from hmpcl_lib import sweep
+    from hmpcl_lib.training import TrainConfig, config_from_strings
+
+    unknown = [v for v in variants if v not in sweep.VARIANTS]
+    if unknown:
+        raise HmpclError(f"unknown variant(s) {unknown}; known: {', '.join(sweep.VARIANTS)}")
+    if "baseline" not in variants:
+        variants = ["baseline", *variants]
+    parsed = Path(data_root) / "parsed"
+    paths = [parsed / "lic_hierarchy.parquet", parsed / "splits.parquet"]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise HmpclError(f"missing {missing}: run `make run` (or the data assets) first")
+    base = config_from_strings(overrides, TrainConfig())
+    out_dir = Path(out) if out else Path(data_root) / "sweeps" / name
+    frame = sweep.run_sweep(pl.read_parquet(paths[0]), pl.read_parquet(paths[1]),
+                            {v: sweep.VARIANTS[v] for v in variants}, seeds, base, out_dir, cfg, name=name)
+    tables = [f"## {protocol} protocol, {features} features (Δ: paired 95 % interval vs baseline, head features)\n\n"
+              + sweep.markdown(sweep.summarise(frame, protocol=protocol, features=features))
+              for features in sweep.FEATURES]
+    return f"Sweep {name!r}: {len(variants)} variants x {len(seeds)} seeds, results in {out_dir}\n\n" + \
+        "\n\n".join(tables)
 
 
 def champion_command(cfg: tracking.TrackingConfig) -> str:
@@ -190,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", action="append", dest="metrics", metavar="NAME", help="only these metrics")
     c.add_argument("--per-class", action="store_true", help="include per-main-class metrics (class_XX.*)")
     sub.add_parser("champion", parents=[common], help="the registered model's champion version and its tags")
+    w = sub.add_parser("sweep", parents=[common], help="train variants over seeds; summary with paired intervals")
+    w.add_argument("--data-root", default=os.environ.get("HMPCL_DATA_ROOT", "data"))
+    w.add_argument("--variant", action="append", dest="variants", metavar="NAME",
+                   help="a variant of hmpcl_lib.sweep.VARIANTS (repeatable; default: all; the baseline is always in)")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    w.add_argument("--set", action="append", dest="overrides", default=[], metavar="FIELD=VALUE",
+                   help="a TrainConfig field for every variant, e.g. --set epochs=4")
+    w.add_argument("--protocol", default="leave_one_out", choices=["leave_one_out", "deeppatent"])
+    w.add_argument("--out", default=None, help="results folder (default: DATA_ROOT/sweeps/NAME); reruns resume")
+    w.add_argument("--name", default="sweep", help="MLflow parent run name")
+    w.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
 
 
@@ -205,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = metrics_command(cfg, args.last, args.metrics or KEY_METRICS)
         elif args.command == "compare":
             out = compare_command(cfg, args.run_a, args.run_b, args.metrics, args.per_class)
+        elif args.command == "sweep":
+            from hmpcl_lib import sweep
+
+            out = sweep_command(args.data_root, args.variants or list(sweep.VARIANTS), args.seeds, args.overrides,
+                                args.out, args.name, None if args.no_mlflow else cfg, args.protocol)
         else:
             out = champion_command(cfg)
     except HmpclError as err:

@@ -91,25 +91,48 @@ def load_model(model_uri: str, cfg: tracking.TrackingConfig):
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
+PROTOCOL_PREFIX = {"deeppatent": "", "leave_one_out": "loo."}  # MLflow metric names: headline unprefixed
+
+
 def log_benchmark(result, run_id: str | None, cfg: tracking.TrackingConfig, name: str) -> dict[str, float]:
-    """Log the overall metrics (and per-class ones as `class_XX.<metric>`) plus the table as a Parquet artifact."""
+    """Log the overall metrics (per-class ones as `class_XX.<metric>`), prefixed by the result's protocol
+    (`PROTOCOL_PREFIX`), plus the table and the per-query metrics as Parquet artifacts under `benchmark/`
+    (`hmpcl compare` reads the per-query ones for paired intervals)."""
     import mlflow
 
     overall = overall_metrics(result.metrics)
     if run_id is None:
         return overall
+    prefix = PROTOCOL_PREFIX[result.protocol]
     tracking.client(cfg)
     with mlflow.start_run(run_id=run_id):
-        tracking.log_metrics_safe(overall)
+        tracking.log_metrics_safe({prefix + k: v for k, v in overall.items()})
         per_class = result.metrics.filter(pl.col("scope") != "all")
         for row in per_class.iter_rows(named=True):
-            tracking.log_metrics_safe({f"class_{row['scope']}.{k}": v for k, v in row.items()
+            tracking.log_metrics_safe({f"{prefix}class_{row['scope']}.{k}": v for k, v in row.items()
                                        if k not in ("scope",) and isinstance(v, (int, float))})
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.parquet"
+            path = Path(tmp) / f"{name}.{result.protocol}.parquet"
             result.metrics.write_parquet(path)
             mlflow.log_artifact(str(path), artifact_path="benchmark")
+            if result.per_query is not None:
+                path = Path(tmp) / f"{name}.{result.protocol}.per_query.parquet"
+                result.per_query.write_parquet(path)
+                mlflow.log_artifact(str(path), artifact_path="benchmark")
     return overall
+
+
+def per_query_artifact(run_id: str, cfg: tracking.TrackingConfig, protocol: str) -> pl.DataFrame | None:
+    """The per-query metrics a run logged for `protocol`, or None if it logged none."""
+    import mlflow
+
+    client = tracking.client(cfg)
+    names = [f.path for f in client.list_artifacts(run_id, "benchmark")
+             if f.path.endswith(f".{protocol}.per_query.parquet")]
+    if not names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names[0], dst_path=tmp))
 
 
 def overall_metrics(metrics: pl.DataFrame) -> dict[str, float]:
@@ -123,17 +146,53 @@ def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     return hierarchy.join(ids, on="drawing_id", how="semi").sort("drawing_id")
 
 
-def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64):
-    """Embed the test drawings with `model` and run the SPEC's benchmark on them."""
+def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
+               features: str = "head"):
+    """(drawing ids, [N, D] vectors) of the test split; `features="pooled"` skips the projection head."""
     from hmpcl_lib.embedding import embed_paths
-    from hmpcl_lib.evaluation import benchmark_embeddings
+    from hmpcl_lib.models import pooled_view
 
+    if features not in ("head", "pooled"):
+        raise ValueError(f"features must be 'head' or 'pooled', got {features!r}")
+    if features == "pooled" and hasattr(model, "backbone"):
+        model = pooled_view(model)
     rows = test_rows(hierarchy, splits)
     vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size)
-    return benchmark_embeddings((rows["drawing_id"].to_numpy(), vectors), hierarchy, splits)
+    return rows["drawing_id"].to_numpy(), vectors
+
+
+def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
+                   protocol: str = "deeppatent", features: str = "head"):
+    """Embed the test drawings with `model` and run the SPEC's benchmark on them."""
+    return evaluate_protocols(model, hierarchy, splits, image_size, batch_size, (protocol,), features)[protocol]
+
+
+def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
+                       protocols=("deeppatent", "leave_one_out"), features: str = "head") -> dict:
+    """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}."""
+    from hmpcl_lib.evaluation import benchmark_embeddings
+
+    embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, features)
+    return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p) for p in protocols}
 
 
 def comparison_table(results: dict[str, object]) -> pl.DataFrame:
-    """One row per variant with the overall metrics, in the order given."""
-    rows = [{"model": name, **overall_metrics(r.metrics)} for name, r in results.items()]
+    """One row per variant with the overall metrics, in the order given; `results` maps a name to a
+    BenchmarkResult, or to {protocol: BenchmarkResult} (then one row per variant and protocol)."""
+    rows = []
+    for name, r in results.items():
+        for protocol, bench in (r.items() if isinstance(r, dict) else [(None, r)]):
+            rows.append({"model": name, **({"protocol": protocol} if protocol else {}),
+                         **overall_metrics(bench.metrics)})
     return pl.DataFrame(rows)
+
+
+def paired_intervals(results: dict[str, dict], pairs: list[tuple[str, str]], protocol: str = "leave_one_out",
+                     metrics: list[str] | None = None) -> pl.DataFrame:
+    """B - A per metric with a paired bootstrap 95 % interval over the queries, for each (A, B) in `pairs`."""
+    from hmpcl_lib.metrics import paired_bootstrap
+
+    frames = [paired_bootstrap(results[a][protocol].per_query, results[b][protocol].per_query, metrics)
+              .select(pl.lit(f"{b} - {a}").alias("comparison"), pl.lit(protocol).alias("protocol"), pl.all())
+              for a, b in pairs]
+    return pl.concat(frames)

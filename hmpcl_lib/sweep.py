@@ -1,0 +1,201 @@
+"""Sweep training configurations over seeds and compare them with the baseline, with intervals, not single numbers.
+
+Each (variant, seed) is trained on the train split, its test split embedded once from the projection head's output
+and once from the backbone's pooled features (SimCLR's pre-head representation), and benchmarked under both
+protocols of `evaluation` (the DeepPatent headline and leave-one-out). The per-query metrics of every run are kept
+as Parquet under the sweep folder (`<variant>/seed=<n>.parquet`), so a killed sweep resumes where it stopped and the
+summary can be recomputed at any time. With a tracking config, the sweep is one MLflow parent run and every
+(variant, seed) a child run holding its params and overall metrics.
+
+The summary has one row per variant: mean ± sd over seeds of each metric, the paired difference to the baseline
+(per-query metrics averaged over the seeds both ran, then a paired bootstrap over queries: 95 % interval) and
+whether the variant is on the Pareto front of (patent mAP, subclass mAP@100, class mAP@100).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+from hmpcl_lib.io import atomic_path
+from hmpcl_lib.metrics import METRIC_COLUMNS, paired_bootstrap
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("head", "pooled")
+PARETO_METRICS = ("patent_map", "subclass_map_at_100", "class_map_at_100")
+SUMMARY_METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100",
+                   "graded_ndcg_at_10")
+
+# The hypotheses of issue 11, each a set of TrainConfig overrides (scores default to s = 1 / 0.5 / 0.25).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {"loss": "baseline"},
+    "paper": {"loss": "hierarchical", "target": "item"},
+    "item-s.25-.05": {"loss": "hierarchical", "target": "item", "s_subclass": 0.25, "s_class": 0.05},
+    "item-s.1-.02": {"loss": "hierarchical", "target": "item", "s_subclass": 0.1, "s_class": 0.02},
+    "level": {"loss": "hierarchical", "target": "level"},
+    "cumulative": {"loss": "hierarchical", "target": "cumulative"},
+    "cumulative-s.25-.1": {"loss": "hierarchical", "target": "cumulative", "s_subclass": 0.25, "s_class": 0.1},
+    "cumulative-4-subclasses": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 4},
+    "cumulative-1-subclass": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 1},
+    "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
+    "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
+    "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0},
+}
+
+
+def run_path(out_dir: str | Path, variant: str, seed: int) -> Path:
+    return Path(out_dir) / variant / f"seed={seed}.parquet"
+
+
+def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.DataFrame, splits: pl.DataFrame,
+            base, out_dir: str | Path) -> pl.DataFrame:
+    """Train and evaluate one (variant, seed); per-query metrics for every protocol x features, saved atomically.
+
+    An existing result file is read instead of training again (the sweep resumes).
+    """
+    from hmpcl_lib.experiment import evaluate_protocols, train_rows
+    from hmpcl_lib.training import train
+
+    path = run_path(out_dir, variant, seed)
+    if path.exists():
+        return pl.read_parquet(path)
+    config = dataclasses.replace(base, **overrides, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
+    frames = []
+    for features in FEATURES:
+        for protocol, bench in evaluate_protocols(result.model, hierarchy, splits, config.image_size,
+                                                  features=features).items():
+            frames.append(bench.per_query.with_columns(
+                variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features)))
+    frame = pl.concat(frames).with_columns(
+        final_loss=pl.lit(next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp_path:
+        frame.write_parquet(tmp_path)
+    return frame
+
+
+def overall(frame: pl.DataFrame) -> pl.DataFrame:
+    """Mean of every metric per (variant, seed, protocol, features) over the included queries."""
+    return (frame.filter(~pl.col("excluded"))
+            .group_by("variant", "seed", "protocol", "features", maintain_order=True)
+            .agg(pl.len().alias("n_queries"), *[pl.col(m).mean() for m in METRIC_COLUMNS]))
+
+
+def pareto_front(points: dict[str, tuple[float, ...]]) -> set[str]:
+    """Names whose point no other point dominates (>= everywhere and > somewhere)."""
+    def dominates(a, b) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return {n for n, p in points.items() if not any(dominates(q, p) for m, q in points.items() if m != n)}
+
+
+def summarise(frame: pl.DataFrame, baseline: str = "baseline", protocol: str = "leave_one_out",
+              features: str | None = "head", metrics: Iterable[str] = SUMMARY_METRICS,
+              n_resamples: int = 2000) -> pl.DataFrame:
+    """One row per variant (and features, when None is given): mean ± sd over seeds, paired 95 % interval of the
+    difference to the baseline's head features on the seeds both ran, Pareto flag. Columns are plain values
+    (`<m>_mean`, `<m>_sd`, `<m>_diff`, `<m>_low`, `<m>_high`), so callers format them as they like."""
+    metrics = list(metrics)
+    frame = frame.filter(pl.col("protocol") == protocol)
+    if features is not None:
+        frame = frame.filter(pl.col("features") == features)
+    per_run = overall(frame)
+    base_runs = frame.filter((pl.col("variant") == baseline) & (pl.col("features") == "head"))
+    rows = []
+    for (variant, feats), runs in per_run.group_by("variant", "features", maintain_order=True):
+        row: dict[str, Any] = {"variant": variant, "features": feats, "seeds": runs["seed"].n_unique()}
+        for m in metrics:
+            row[f"{m}_mean"] = runs[m].mean()
+            row[f"{m}_sd"] = runs[m].std() if runs.height > 1 else None
+        ours = frame.filter((pl.col("variant") == variant) & (pl.col("features") == feats))
+        seeds = sorted(set(ours["seed"].unique()) & set(base_runs["seed"].unique()))
+        if base_runs.height and seeds and not (variant == baseline and feats == "head"):
+            def seed_mean(f: pl.DataFrame) -> pl.DataFrame:
+                return (f.filter(pl.col("seed").is_in(seeds)).group_by("drawing_id")
+                        .agg(*[pl.col(m).mean() for m in metrics]).sort("drawing_id"))
+            diff = paired_bootstrap(seed_mean(base_runs), seed_mean(ours), metrics, n_resamples=n_resamples)
+            for d in diff.iter_rows(named=True):
+                row.update({f"{d['metric']}_diff": d["diff"], f"{d['metric']}_low": d["low"],
+                            f"{d['metric']}_high": d["high"]})
+        rows.append(row)
+    front = pareto_front({(r["variant"], r["features"]): tuple(r[f"{m}_mean"] for m in PARETO_METRICS)
+                          for r in rows})
+    for r in rows:
+        r["pareto"] = (r["variant"], r["features"]) in front
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def markdown(summary: pl.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> str:
+    """The summary as a markdown table: mean ± sd, and Δ to the baseline with its 95 % interval."""
+    metrics = list(metrics)
+    head = ["variant", "features", "seeds", *metrics, "Pareto"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary.iter_rows(named=True):
+        cells = [r["variant"], r["features"], str(r["seeds"])]
+        for m in metrics:
+            text = f"{r[f'{m}_mean']:.3f}"
+            if r.get(f"{m}_sd") is not None:
+                text += f" ± {r[f'{m}_sd']:.3f}"
+            if r.get(f"{m}_diff") is not None:
+                text += f" (Δ {r[f'{m}_diff']:+.3f} [{r[f'{m}_low']:+.3f}, {r[f'{m}_high']:+.3f}])"
+            cells.append(text)
+        cells.append("yes" if r["pareto"] else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str, dict[str, Any]],
+              seeds: Iterable[int], base, out_dir: str | Path, tracking_cfg=None, name: str = "sweep") -> pl.DataFrame:
+    """Every variant x seed (seed-major, so a partial sweep already compares all variants); returns all per-query
+    rows. With `tracking_cfg`, a parent MLflow run `name` and one child run per (variant, seed)."""
+    frames = []
+    parent = _parent_run(tracking_cfg, name, variants, list(seeds), base) if tracking_cfg else None
+    for seed in seeds:
+        for variant, overrides in variants.items():
+            fresh = not run_path(out_dir, variant, seed).exists()
+            frame = run_one(variant, overrides, seed, hierarchy, splits, base, out_dir)
+            frames.append(frame)
+            if parent is not None and fresh:
+                _log_child(tracking_cfg, parent, variant, seed, dataclasses.replace(base, **overrides, seed=seed),
+                           frame)
+            log.info("sweep %s: %s seed %d done", name, variant, seed)
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _parent_run(cfg, name: str, variants: dict, seeds: list[int], base) -> str:
+    import mlflow
+
+    from hmpcl_lib import tracking
+
+    fp = tracking.fingerprint("sweep", name, variants, seeds, dataclasses.asdict(base))
+    run = tracking.find_run(cfg, fp, status="RUNNING") or tracking.find_run(cfg, fp)
+    if run is not None:
+        return run.info.run_id
+    with tracking.start_run(cfg, run_name=name, fp=fp, tags={"hmpcl.stage": "sweep"}) as parent:
+        mlflow.log_params({"variants": ",".join(variants), "seeds": ",".join(map(str, seeds))})
+        mlflow.log_dict({"variants": variants, "base": dataclasses.asdict(base)}, "sweep.json")
+        return parent.info.run_id
+
+
+def _log_child(cfg, parent_id: str, variant: str, seed: int, config, frame: pl.DataFrame) -> None:
+    import mlflow
+
+    from hmpcl_lib import tracking
+
+    tracking.experiment_id(cfg)
+    with mlflow.start_run(run_id=parent_id):
+        with tracking.start_run(cfg, run_name=f"{variant}-seed{seed}", nested=True,
+                                tags={"hmpcl.stage": "sweep", "hmpcl.variant": variant,
+                                      "mlflow.parentRunId": parent_id}):
+            mlflow.log_params({k: str(v) for k, v in dataclasses.asdict(config).items()})
+            for r in overall(frame).iter_rows(named=True):
+                prefix = f"{r['protocol']}.{r['features']}."
+                tracking.log_metrics_safe({prefix + m: r[m] for m in METRIC_COLUMNS})

@@ -1,0 +1,72 @@
+"""`hmpcl sweep` end to end on a tiny drawn corpus: trains, logs a parent run with child runs, resumes."""
+
+from __future__ import annotations
+
+import mlflow
+import polars as pl
+import pytest
+import torch
+
+from hmpcl_lib import cli, sweep
+from test_training import make_drawing_table
+
+TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epochs=1", "steps_per_epoch=2",
+        "warmup_steps=1", "num_workers=0"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data_root(tmp_path):
+    table = make_drawing_table(tmp_path / "png")
+    hierarchy = table.with_columns(
+        patent_id=pl.format("USD{}-20200101", pl.col("patent_label")),
+        class_code=pl.format("0{}", pl.col("class_label") + 1),
+        subclass_code=pl.format("0{}-0{}", pl.col("class_label") + 1, pl.col("subclass_label") + 1))
+    # patents 3 and 4 of every subclass are test (first view = query), the rest train
+    test = pl.col("is_test")
+    splits = hierarchy.select("drawing_id", "patent_id", is_test=(pl.col("patent_label") % 5) >= 3).with_columns(
+        split=pl.when(test).then(pl.lit("test")).otherwise(pl.lit("train")),
+        role=pl.when(~test).then(pl.lit("train")).when(pl.col("drawing_id").str.ends_with("_v0"))
+        .then(pl.lit("query")).otherwise(pl.lit("gallery"))).drop("is_test")
+    (tmp_path / "parsed").mkdir()
+    hierarchy.write_parquet(tmp_path / "parsed" / "lic_hierarchy.parquet")
+    splits.write_parquet(tmp_path / "parsed" / "splits.parquet")
+    return tmp_path
+
+
+def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
+    root = _data_root(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts land under the test folder
+    args = ["sweep", "--data-root", str(root), "--variant", "cumulative", "--seeds", "0", "--tracking-uri", uri,
+            "--name", "tiny", *[a for s in TINY for a in ("--set", s)]]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| baseline | head | 1 |" in out and "| cumulative | pooled | 1 |" in out and "Δ" in out
+    for variant in ("baseline", "cumulative"):
+        saved = pl.read_parquet(sweep.run_path(root / "sweeps" / "tiny", variant, 0))
+        assert set(saved["protocol"]) == {"deeppatent", "leave_one_out"} and set(saved["features"]) == {"head", "pooled"}
+        assert saved.filter(pl.col("protocol") == "leave_one_out").height == 3 * 2 * 2 * 2 * 2  # test drawings x 2
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["hmpcl"])
+    parent = runs[runs["tags.mlflow.runName"] == "tiny"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert sorted(children["tags.mlflow.runName"]) == ["baseline-seed0", "cumulative-seed0"]
+    assert children["metrics.leave_one_out.head.patent_map"].between(0, 1).all()
+
+    monkeypatch.setattr("hmpcl_lib.training.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert cli.main(args) == 0
+    assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs)
+
+
+def test_sweep_refuses_unknown_variants_and_missing_data(tmp_path, capsys):
+    assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "nope", "--no-mlflow"]) == 1
+    assert "unknown variant" in capsys.readouterr().err
+    assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "level", "--no-mlflow"]) == 1
+    assert "make run" in capsys.readouterr().err
