@@ -95,12 +95,22 @@ def metrics_in_unit_range(retrieval_benchmark: Benchmark) -> dg.AssetCheckResult
 
 @dg.asset_check(asset=model_comparison)
 def fine_tuning_beats_pretrained(model_comparison: pl.DataFrame) -> dg.AssetCheckResult:
-    """Warn when a fine-tuned model is worse than the untouched pretrained backbone on patent-level mAP."""
-    by_model = {r["model"]: r["patent_map"] for r in model_comparison.iter_rows(named=True)}
-    base = by_model.get("pretrained")
-    worse = {m: v for m, v in by_model.items() if m != "pretrained" and base is not None and v < base}
+    """Warn when a fine-tuned model is worse than the untouched pretrained backbone on patent-level mAP or R@1,
+    under any protocol of the comparison."""
+    metrics = [m for m in ("patent_map", "patent_recall_at_1") if m in model_comparison.columns]
+    frame = model_comparison if "protocol" in model_comparison.columns else model_comparison.with_columns(
+        protocol=pl.lit("deeppatent"))
+    scores, worse = {}, {}
+    for row in frame.iter_rows(named=True):
+        scores.setdefault(row["protocol"], {})[row["model"]] = {m: row[m] for m in metrics}
+    for protocol, by_model in scores.items():
+        base = by_model.get("pretrained")
+        for model, values in by_model.items():
+            lost = {m: v for m, v in values.items() if model != "pretrained" and base is not None and v < base[m]}
+            if lost:
+                worse[f"{model} ({protocol})"] = lost
     return dg.AssetCheckResult(passed=not worse, severity=WARN,
-                               metadata={"patent_map": dg.MetadataValue.json(by_model),
+                               metadata={"scores": dg.MetadataValue.json(scores),
                                          "worse_than_pretrained": dg.MetadataValue.json(worse)})
 
 

@@ -292,4 +292,13 @@ def test_fine_tuned_worse_than_pretrained_warns():
         model_comparison=comparison(pretrained=0.50, baseline=0.40, hierarchical=0.55))
     assert not result.passed
     assert result.severity == dg.AssetCheckSeverity.WARN
-    assert meta(result, "worse_than_pretrained") == {"baseline": 0.40}
+    assert meta(result, "worse_than_pretrained") == {"baseline (deeppatent)": {"patent_map": 0.40}}
+
+
+def test_fine_tuned_worse_on_recall_under_leave_one_out_warns():
+    table = pl.DataFrame({"model": ["pretrained", "hierarchical"] * 2,
+                          "protocol": ["deeppatent"] * 2 + ["leave_one_out"] * 2,
+                          "patent_map": [0.3, 0.4, 0.2, 0.3], "patent_recall_at_1": [0.5, 0.6, 0.45, 0.40]})
+    result = checks.fine_tuning_beats_pretrained(model_comparison=table)
+    assert not result.passed
+    assert meta(result, "worse_than_pretrained") == {"hierarchical (leave_one_out)": {"patent_recall_at_1": 0.40}}

@@ -63,7 +63,11 @@ def test_data_tables_are_consistent(env):
 
 def test_comparison_table_and_mlflow(env):
     table = env["result"].output_for_node("model_comparison")
-    assert table["model"].to_list() == ["pretrained", "baseline", "hierarchical"]
+    for protocol in ("deeppatent", "leave_one_out"):
+        rows = table.filter(pl.col("protocol") == protocol)
+        assert rows["model"].to_list() == ["pretrained", "baseline", "hierarchical"]
+    loo, headline = table.filter(pl.col("protocol") == "leave_one_out"), table.filter(pl.col("protocol") == "deeppatent")
+    assert (loo["n_queries"] > headline["n_queries"]).all()
     for column in ("patent_map", "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"):
         assert table[column].is_between(0, 1).all()
     cfg = env["tracking"].config

@@ -10,8 +10,8 @@ import dagster as dg
 import polars as pl
 
 from hmpcl_lib import tracking
-from hmpcl_lib.experiment import (TrainedModel, comparison_table, evaluate_model, load_model, log_benchmark,
-                                  overall_metrics, train_tracked)
+from hmpcl_lib.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
+                                  load_model, log_benchmark, overall_metrics, paired_intervals, train_tracked)
 from hmpcl_lib.io import file_sha256
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown, markdown_table, table_metadata
@@ -112,7 +112,8 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
                         corpus_embeddings: Embeddings, store: DataStore,
                         mlflow_tracking: MlflowTracking) -> dg.Output[Benchmark]:
     """SPEC metrics (patent mAP, R@k, MRR@10, subclass/class mAP@100, graded nDCG@10), overall and per main class,
-    logged to the model's MLflow run with plots and query/top-k grids."""
+    logged to the model's MLflow run with plots and query/top-k grids. Headline protocol (first drawing of each test
+    patent vs the rest) plus leave-one-out (every test drawing vs all others: `loo.*` in MLflow)."""
     import mlflow
 
     from hmpcl_lib.embedding import read_embeddings
@@ -120,8 +121,11 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
 
     cfg = mlflow_tracking.config
     hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
-    result = benchmark_embeddings(read_embeddings(corpus_embeddings.path), hier, spl)
+    embeddings = read_embeddings(corpus_embeddings.path)
+    result = benchmark_embeddings(embeddings, hier, spl)
     overall = log_benchmark(result, trained_encoder.run_id, cfg, "retrieval_benchmark")
+    loo = benchmark_embeddings(embeddings, hier, spl, protocol="leave_one_out")
+    loo_overall = log_benchmark(loo, trained_encoder.run_id, cfg, "retrieval_benchmark")
     path = store.base / "benchmarks" / f"{trained_encoder.run_id}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     result.metrics.write_parquet(path)
@@ -140,7 +144,10 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
         **{k: dg.MetadataValue.float(overall[k]) for k in HEADLINE if k in overall},
         "n_queries": int(overall.get("n_queries", 0)),
         "n_excluded_queries": int(overall.get("n_excluded", 0)),
+        **{f"loo_{k}": dg.MetadataValue.float(loo_overall[k]) for k in HEADLINE if k in loo_overall},
+        "loo_n_queries": int(loo_overall.get("n_queries", 0)),
         "metrics": dg.MetadataValue.md(markdown_table(result.metrics, max_rows=50)),
+        "metrics_leave_one_out": dg.MetadataValue.md(markdown_table(loo.metrics, max_rows=50)),
         "mlflow_run": dg.MetadataValue.url(tracking.run_url(cfg, trained_encoder.run_id)),
         **plot_meta,
     })
@@ -185,8 +192,9 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
 def model_comparison(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
                      retrieval_benchmark: Benchmark, store: DataStore,
                      mlflow_tracking: MlflowTracking) -> dg.Output[pl.DataFrame]:
-    """Pretrained-only vs baseline loss vs hierarchical loss on the same split and seed, as a table in Dagster and
-    MLflow. The trained encoder's own benchmark is reused; the other variants are trained/evaluated here."""
+    """Pretrained-only vs baseline loss vs hierarchical loss on the same split and seed, under both protocols, with
+    paired bootstrap 95 % intervals of the differences, as tables in Dagster and MLflow. The trained encoder's own
+    model is reused; the other variants are trained (or their finished MLflow runs reused) here."""
     import mlflow
 
     from hmpcl_lib.models import build_encoder
@@ -200,7 +208,7 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     results = {}
     context.log.info("evaluating the pretrained backbone without fine-tuning")
     pretrained = build_encoder(train_cfg.backbone, embed_dim=None, weights=train_cfg.weights)
-    results["pretrained"] = evaluate_model(pretrained, hier, spl, size)
+    results["pretrained"] = evaluate_protocols(pretrained, hier, spl, size)
     for loss in ("baseline", "hierarchical"):
         if loss == trained_encoder.variant:
             model = load_model(trained_encoder.model_uri, cfg)
@@ -209,12 +217,16 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
             other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.hierarchy_path, store.splits_path,
                                   store.models_dir, cfg, variant=loss)
             model = load_model(other.model_uri, cfg)
-        results[loss] = evaluate_model(model, hier, spl, size)
+        results[loss] = evaluate_protocols(model, hier, spl, size)
         if loss != trained_encoder.variant:  # its own run gets its benchmark, like the trained encoder's
-            log_benchmark(results[loss], other.run_id, cfg, "retrieval_benchmark")
+            for bench in results[loss].values():
+                log_benchmark(bench, other.run_id, cfg, "retrieval_benchmark")
     table = comparison_table(results)
     md = markdown_table(table)
-    context.log.info("model comparison on the test split:\n" + md)
+    pairs = [("baseline", "hierarchical"), ("pretrained", "baseline"), ("pretrained", "hierarchical")]
+    intervals = pl.concat([paired_intervals(results, pairs, protocol) for protocol in ("leave_one_out", "deeppatent")])
+    intervals_md = markdown_table(intervals, max_rows=100)
+    context.log.info("model comparison on the test split:\n" + md + "\n\npaired 95 % intervals:\n" + intervals_md)
 
     fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.splits_path))
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,22 +234,30 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
         from hmpcl_lib import plots
         from hmpcl_lib.evaluation import recall_at_k_curve
 
-        curves = {name: recall_at_k_curve(r) for name, r in results.items()}
+        headline = {name: r["deeppatent"] for name, r in results.items()}
+        curves = {name: recall_at_k_curve(r) for name, r in headline.items()}
         recall_png, bar_png = out / "recall_at_k.png", out / "per_class_class_map.png"
         plots.recall_curve_png(curves, recall_png)
-        plots.per_class_bar_png({n: r.metrics for n, r in results.items()}, "class_map_at_100", bar_png)
-        (out / "comparison.md").write_text(md + "\n")
+        plots.per_class_bar_png({n: r.metrics for n, r in headline.items()}, "class_map_at_100", bar_png)
+        (out / "comparison.md").write_text(md + "\n\n" + intervals_md + "\n")
         table.write_parquet(out / "comparison.parquet")
+        intervals.write_parquet(out / "paired_intervals.parquet")
         existing = tracking.find_run(cfg, fp)
         run_ctx = (mlflow.start_run(run_id=existing.info.run_id) if existing is not None
                    else tracking.start_run(cfg, "model-comparison", fp=fp, tags={"hmpcl.stage": "comparison"}))
         with run_ctx as run:
             for row in table.iter_rows(named=True):
-                tracking.log_metrics_safe({f"{row['model']}.{k}": v for k, v in row.items() if k in HEADLINE})
+                prefix = f"{row['model']}.{PROTOCOL_PREFIX[row['protocol']]}"
+                tracking.log_metrics_safe({prefix + k: v for k, v in row.items() if k in HEADLINE})
+            for row in intervals.iter_rows(named=True):
+                name = f"{row['comparison'].replace(' ', '')}.{PROTOCOL_PREFIX[row['protocol']]}{row['metric']}"
+                tracking.log_metrics_safe({f"{name}.diff": row["diff"], f"{name}.low": row["low"],
+                                           f"{name}.high": row["high"]})
             for f in out.iterdir():
                 mlflow.log_artifact(str(f), artifact_path="comparison")
             run_id = run.info.run_id
         meta = {"comparison": dg.MetadataValue.md(md),
+                "paired_intervals": dg.MetadataValue.md(intervals_md),
                 "recall_at_k": image_markdown("Recall@k", recall_png),
                 "per_class_class_map": image_markdown("class mAP@100 per main class", bar_png),
                 "mlflow_run": dg.MetadataValue.url(tracking.run_url(cfg, run_id))}

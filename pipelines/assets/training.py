@@ -21,6 +21,7 @@ class TrainingConfig(dg.Config):
     backbone: str = "efficientnet_lite0"
     weights: str = "package"
     loss: str = "hierarchical"
+    target: str = "item"
     s_patent: float = 1.0
     s_subclass: float = 0.5
     s_class: float = 0.25
