@@ -28,6 +28,7 @@ from PIL import Image
 from hmpcl_lib import deeppatent2 as dp
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
+from test_deeppatent2 import _split as split  # noqa: F401 - the same part writer
 
 A, B = "USD0836880-20190101", "USD0836881-20190108"  # two design grants of 2019
 
@@ -70,17 +71,6 @@ def zip_bytes(members: dict[str, bytes], symlinks: dict[str, str] | None = None)
             info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
             zf.writestr(info, target)
     return buffer.getvalue()
-
-
-def split(data: bytes, folder: Path, year: int, n_parts: int = 3) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    size = -(-len(data) // n_parts)
-    paths = []
-    for i in range(n_parts):
-        path = folder / f"{year}.a{'abcdefghij'[i]}"
-        path.write_bytes(data[i * size : (i + 1) * size])
-        paths.append(path)
-    return paths
 
 
 def json_bytes(records: list[dict]) -> bytes:
