@@ -123,7 +123,7 @@ def build_lic_hierarchy(
         lic_source=pl.when(from_record).then(pl.lit("record")).when(pl.col("xml_class_code").is_not_null()).then(pl.lit("uspto_xml")),
         reason=pl.when(pl.col("rec_error").is_not_null())
         .then(pl.format("bad classification_locarno {} of patent {}: {}", pl.col("record_raw"), pl.col("patent_id"), pl.col("rec_error")))
-        .when(pl.col("xml_error").is_not_null())
+        .when(pl.col("xml_error").is_not_null() & ~from_record)  # a good record code needs no XML code
         .then(pl.format("bad USPTO Locarno code {} of patent {}: {}", pl.col("lic_xml_code"), pl.col("patent_id"), pl.col("xml_error")))
         .when(pl.col("xml_class_code").is_null() & pl.col("rec_class_code").is_null())
         .then(pl.lit("no Locarno code for patent ") + pl.col("patent_id")),

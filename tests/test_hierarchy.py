@@ -371,3 +371,11 @@ def test_small_class_gets_every_patent_somewhere():
     h = synthetic_hierarchy(n_patents=7, n_classes=7)  # one patent per class
     df = pl.from_arrow(build_splits(h, seed=0))
     assert df["patent_id"].n_unique() == 7 and df["split"].null_count() == 0
+
+
+def test_good_record_code_is_used_even_when_the_xml_code_is_malformed():
+    drawings = with_records(make_drawings({"USD0900001-20190101": 1}), {"USD0900001-20190101": "1403"})
+    codes = make_codes({"USD0900001-20190101": ("33", None)})  # class 33 does not exist
+    hierarchy, quarantine = build_lic_hierarchy(drawings, codes)
+    assert quarantine.num_rows == 0
+    assert by_patent(hierarchy)["USD0900001-20190101"]["subclass_code"] == "14-03"
