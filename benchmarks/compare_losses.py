@@ -17,9 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
-from hmpcl_lib.experiment import evaluate_model, overall_metrics, train_rows
-from hmpcl_lib.models import build_encoder
-from hmpcl_lib.training import TrainConfig, train
+from hmpcl_lib.tracking.experiment import evaluate_model, overall_metrics, train_rows
+from hmpcl_lib.modeling.models import build_encoder
+from hmpcl_lib.train.config import TrainConfig
+from hmpcl_lib.train.loop import train
 
 COLUMNS = ["patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"]
 

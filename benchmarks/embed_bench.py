@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hmpcl_lib.embedding import EmbedStats, embed_paths, resolve_device  # noqa: E402
-from hmpcl_lib.models import build_encoder  # noqa: E402
+from hmpcl_lib.retrieval.embedding import EmbedStats, embed_paths, resolve_device  # noqa: E402
+from hmpcl_lib.modeling.models import build_encoder  # noqa: E402
 
 
 def write_drawings(folder: Path, n: int, seed: int = 0) -> list[str]:

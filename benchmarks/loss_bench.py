@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hmpcl_lib.losses import HierarchicalContrastiveLoss, baseline_loss  # noqa: E402
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss, baseline_loss  # noqa: E402
 
 IMPLEMENTATIONS = ("hmpcl", "hmpcl-baseline", "reference-loop", "pml-supcon")
 

@@ -2,7 +2,7 @@
 
 Writes `design{YEAR}.json` (a JSON array of --records per-figure records in DeepPatent2's schema) and the
 matching USPTO weekly grant files (`ipgYYMMDD.xml`, with classification-locarno), images optional, then
-times `deeppatent2.parse_year` (and `locarno.read_lic_codes` on the XML) each in a fresh child process, so
+times `deeppatent2.parse_year` (and `uspto.read_lic_codes` on the XML) each in a fresh child process, so
 that the peak RSS printed is that of the parse alone.
 
     .venv/bin/python benchmarks/parse_bench.py --records 200000
@@ -37,7 +37,7 @@ def _tuesdays(year: int) -> list[date]:
 
 def generate(root: Path, records: int, year: int, images: bool, seed: int = 0) -> dict:
     """Write the corpus under `root`; returns its sizes. Streams to disk: generation memory stays small."""
-    from hmpcl_lib.locarno import load_taxonomy
+    from hmpcl_lib.taxonomy.locarno import load_taxonomy
 
     rng = random.Random(seed)
     weeks = _tuesdays(year)
@@ -157,14 +157,14 @@ def _peak_rss_kib() -> int:
 def _measure(kind: str, root: Path, year: int, images: bool, batch_size: int) -> dict:
     """Run in the child: time one parse and report its peak RSS."""
     if kind == "drawings":
-        from hmpcl_lib.deeppatent2 import parse_year
+        from hmpcl_lib.sources.deeppatent2 import parse_year
 
         def run():
             parsed = parse_year(root / f"design{year}.json", root if images else None, year,
                                 require_images=images, batch_size=batch_size)
             return parsed.drawings, parsed.quarantine
     elif kind == "lic_codes":
-        from hmpcl_lib.locarno import read_lic_codes
+        from hmpcl_lib.sources.uspto import read_lic_codes
 
         def run():
             return read_lic_codes(sorted((root / "uspto").glob("*.xml")))

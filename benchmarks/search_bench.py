@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hmpcl_lib.index import VectorIndex  # noqa: E402
+from hmpcl_lib.retrieval.index import VectorIndex  # noqa: E402
 
 
 def unit_vectors(n: int, dim: int, seed: int, chunk: int = 200_000) -> np.ndarray:

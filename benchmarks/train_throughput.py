@@ -1,6 +1,6 @@
 """Training and embedding throughput (images/s) of an encoder at one image size.
 
-On CUDA: bf16 autocast + channels_last (as hmpcl_lib.training runs); on CPU: float32.
+On CUDA: bf16 autocast + channels_last (as hmpcl_lib.train.loop runs); on CPU: float32.
 Synthetic input tensors, so the number is the model's speed, not the PNG decoder's.
 
     python benchmarks/train_throughput.py --backbone efficientnet_lite0 --image-size 128 --batch-size 32 --steps 5
@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from hmpcl_lib.losses import HierarchicalContrastiveLoss
-from hmpcl_lib.models import build_encoder
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss
+from hmpcl_lib.modeling.models import build_encoder
 
 
 def _sync(device: torch.device) -> None:

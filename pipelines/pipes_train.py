@@ -21,9 +21,9 @@ from typing import Any, Mapping
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from hmpcl_lib import tracking
-from hmpcl_lib.experiment import TrainedModel, train_rows, train_tracked
+from hmpcl_lib.tracking.experiment import TrainedModel, train_rows, train_tracked
 from hmpcl_lib.io import file_sha256
-from hmpcl_lib.training import TrainConfig
+from hmpcl_lib.train.config import TrainConfig
 
 REQUIRED_EXTRAS = ("train_config", "hierarchy_path", "splits_path", "out_dir", "tracking")
 
@@ -95,7 +95,7 @@ def run_follower(extras: Mapping[str, Any]) -> None:
     """A non-zero torchrun rank: same data and config, no Pipes channel, no MLflow writes."""
     import polars as pl
 
-    from hmpcl_lib.training import train
+    from hmpcl_lib.train.loop import train
 
     config, tracking_cfg = parse_extras(extras)
     params = dataclasses.asdict(config)

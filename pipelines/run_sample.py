@@ -20,7 +20,7 @@ def main() -> int:
         sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/.dagster")
     from pipelines.definitions import defs
     from pipelines.metadata import markdown_table
-    from pipelines.resources import DataStore
+    from pipelines.defs.resources import DataStore
 
     store = DataStore()
     if store.source != "sample":

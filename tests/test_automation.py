@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.schedules import retrain_schedule
-from pipelines.sensors import changed_years, new_drawings_sensor
+from pipelines.defs.schedules import retrain_schedule
+from pipelines.defs.sensors import changed_years, new_drawings_sensor
 
 REPO = Path(__file__).resolve().parents[1]
 MONDAY_3AM = dt.datetime(2026, 1, 5, 3, 0, tzinfo=dt.timezone.utc)

@@ -1,4 +1,4 @@
-"""Every asset check in pipelines/checks.py, passing on good tables and failing on crafted bad ones.
+"""Every asset check in pipelines/defs/checks.py, passing on good tables and failing on crafted bad ones.
 
 The checks are invoked directly (asset checks are callable) against a DataStore rooted in tmp_path, whose Parquet
 files are written here with the project's Arrow schemas.
@@ -17,8 +17,8 @@ import pytest
 from hmpcl_lib import schemas
 from hmpcl_lib.io import write_parquet_atomic
 from pipelines import checks
-from pipelines.assets.retrieval import Benchmark, Embeddings
-from pipelines.resources import DataStore
+from pipelines.defs.assets.retrieval import Benchmark, Embeddings
+from pipelines.defs.resources import DataStore
 
 # patent -> (main class, subclass, split, number of drawings)
 PATENTS = {

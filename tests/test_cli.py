@@ -11,7 +11,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from hmpcl_lib import cli  # noqa: E402
+from hmpcl_lib.tracking import cli  # noqa: E402
 
 MODEL = "hmpcl-encoder"
 
@@ -186,7 +186,7 @@ def test_render_table_aligns_text_left_numbers_right():
 
 
 def test_module_entry_point(store):
-    proc = subprocess.run([sys.executable, "-m", "hmpcl_lib.cli", "metrics", "--last", "1",
+    proc = subprocess.run([sys.executable, "-m", "hmpcl_lib.tracking.cli", "metrics", "--last", "1",
                            "--tracking-uri", store["uri"]], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,13 @@ CODE = textwrap.dedent("""
                 raise ImportError(f"blocked: {name}")
     sys.meta_path.insert(0, Block())
     import torch
-    from hmpcl_lib import data, distributed, embedding, losses, models, samplers, training  # noqa: F401
+    from hmpcl_lib.modeling import dataset as data
+    from hmpcl_lib.modeling import distributed
+    from hmpcl_lib.retrieval import embedding
+    from hmpcl_lib.modeling import losses
+    from hmpcl_lib.modeling import models
+    from hmpcl_lib.modeling import samplers
+    from hmpcl_lib.train import loop as training  # noqa: F401
     model = models.build_encoder("efficientnet_lite0", embed_dim=16, weights="none")
     z = model(torch.rand(4, 3, 32, 32))
     loss = losses.HierarchicalContrastiveLoss()(z, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1]),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hmpcl_lib.dataverse import (
+from hmpcl_lib.sources.dataverse import (
     CHECKSUM_ALGORITHMS,
     Checksum,
     DataverseFile,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from hmpcl_lib import schemas
-from hmpcl_lib.deeppatent2 import (
+from hmpcl_lib.sources.deeppatent2 import (
     EXTRACTED_MARKER,
     PatentId,
     RawRecord,

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from hmpcl_lib import deeppatent2 as dp
+from hmpcl_lib.sources import deeppatent2 as dp
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
 from test_deeppatent2 import _split as split  # noqa: F401 - the same part writer
@@ -379,7 +379,7 @@ def test_two_processes_build_the_same_year(tmp_path):
 
 LOCK_CHILD = textwrap.dedent("""
     import sys, time
-    from hmpcl_lib.deeppatent2 import year_lock
+    from hmpcl_lib.sources.deeppatent2 import year_lock
     try:
         with year_lock(sys.argv[1], timeout=float(sys.argv[2])):
             print("locked", flush=True)

@@ -1,6 +1,6 @@
 """Two gloo processes on CPU, each holding part of one global batch, must reproduce the single-process loss.
 
-Semantics checked (see hmpcl_lib/losses.py): the mean of the per-rank losses equals the loss on the global
+Semantics checked (see hmpcl_lib/modeling/losses.py): the mean of the per-rank losses equals the loss on the global
 batch, and each rank's gradient w.r.t. its own rows, divided by the world size (what DDP's gradient
 averaging does), equals the single-process gradient for those rows.
 """
@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hmpcl_lib import distributed
-from hmpcl_lib.losses import HierarchicalContrastiveLoss, baseline_loss
+from hmpcl_lib.modeling import distributed
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss, baseline_loss
 
 WORLD = 2
 ROWS_PER_RANK = (5, 7)  # deliberately uneven: the gather must handle different local batch sizes

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hmpcl_lib.embedding import EmbedStats, embed_paths, embed_table, read_embeddings, write_embeddings
+from hmpcl_lib.retrieval.embedding import EmbedStats, embed_paths, embed_table, read_embeddings, write_embeddings
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.models import build_encoder
+from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.schemas import embeddings_schema
 
 IMAGE_SIZE = 64

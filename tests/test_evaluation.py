@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.evaluation import benchmark_embeddings, recall_at_k_curve
-from hmpcl_lib.metrics import evaluate
-from hmpcl_lib.plots import per_class_bar_png, recall_curve_png
+from hmpcl_lib.retrieval.evaluation import benchmark_embeddings, recall_at_k_curve
+from hmpcl_lib.retrieval.metrics import evaluate
+from hmpcl_lib.retrieval.plots import per_class_bar_png, recall_curve_png
 
 DIM = 24
 

@@ -12,8 +12,8 @@ import pytest
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.hierarchy import build_lic_hierarchy, build_splits, lic_coverage, lic_source_report, patent_hash
-from hmpcl_lib.locarno import read_lic_codes
+from hmpcl_lib.taxonomy.hierarchy import build_lic_hierarchy, build_splits, lic_coverage, lic_source_report, patent_hash
+from hmpcl_lib.sources.uspto import read_lic_codes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uspto"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.index import VectorIndex, default_nlist
+from hmpcl_lib.retrieval.index import VectorIndex, default_nlist
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:

@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.locarno import (
+from hmpcl_lib.sources.uspto import iter_grant_lic, normalise_doc_number, read_lic_codes
+from hmpcl_lib.taxonomy.locarno import (
     LocarnoCode,
     class_titles,
-    iter_grant_lic,
     load_taxonomy,
-    normalise_doc_number,
     parse_locarno_code,
-    read_lic_codes,
     subclass_titles,
 )
 

@@ -9,7 +9,7 @@ import pytest
 
 from hmpcl_lib import sample
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.locarno import (
+from hmpcl_lib.taxonomy.locarno import (
     EDITIONS,
     LocarnoCode,
     class_titles,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hmpcl_lib.losses import HierarchicalContrastiveLoss
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss
 from test_losses import random_batch, reference_loss
 
 

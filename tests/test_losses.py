@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hmpcl_lib.losses import HierarchicalContrastiveLoss, baseline_loss, validate_scores
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss, baseline_loss, validate_scores
 
 
 def reference_loss(z, patent, subclass, klass, s=(1.0, 0.5, 0.25), tau=0.07):

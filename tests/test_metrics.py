@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.metrics import OUTPUT_COLUMNS, evaluate, per_query_metrics
+from hmpcl_lib.retrieval.metrics import OUTPUT_COLUMNS, evaluate, per_query_metrics
 
 # gallery rows: 0..5
 GALLERY = pl.DataFrame(

@@ -1,4 +1,4 @@
-"""Encoder, EfficientNet-Lite0 weight mapping and transforms (hmpcl_lib/models.py)."""
+"""Encoder, EfficientNet-Lite0 weight mapping and transforms (hmpcl_lib/modeling/models.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import timm
 import torch
 from PIL import Image
 
-from hmpcl_lib.models import (
+from hmpcl_lib.modeling.models import (
     PACKAGE_TIMM_KWARGS,
     TF_LITE_MEAN,
     TF_LITE_STD,

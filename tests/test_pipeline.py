@@ -8,10 +8,10 @@ import mlflow
 import polars as pl
 import pytest
 
-from pipelines.checks import ALL_CHECKS
+from pipelines.defs.checks import ALL_CHECKS
 from pipelines.definitions import ALL_ASSETS
-from pipelines.assets.data import drawings, raw_archives
-from pipelines.resources import DataStore, MlflowTracking
+from pipelines.defs.assets.data import drawings, raw_archives
+from pipelines.defs.resources import DataStore, MlflowTracking
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_rematerializing_data_gives_identical_files(env):
 
 
 def test_search_cli_finds_the_champions_index(env, monkeypatch, capsys):
-    from hmpcl_lib.search import main
+    from hmpcl_lib.retrieval.search import main
 
     store, cfg = env["store"], env["tracking"].config
     monkeypatch.setenv("HMPCL_DATA_ROOT", str(store.base))

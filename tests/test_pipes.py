@@ -11,13 +11,13 @@ import mlflow
 import pytest
 import yaml
 
-from hmpcl_lib.experiment import TrainedModel
-from hmpcl_lib.training import TrainConfig
+from hmpcl_lib.tracking.experiment import TrainedModel
+from hmpcl_lib.train.config import TrainConfig
 from pipelines import launchers
-from pipelines.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits
-from pipelines.assets.training import trained_encoder
+from pipelines.defs.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits
+from pipelines.defs.assets.training import trained_encoder
 from pipelines.pipes_train import materialization_metadata, parse_extras
-from pipelines.resources import DataStore, MlflowTracking, TrainingLauncher
+from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 
 TINY_TRAINING = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "image_size": 64, "embed_dim": 32}
 

@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from hmpcl_lib import sweep
+from hmpcl_lib.tracking import sweep
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.evaluation import benchmark_embeddings
-from hmpcl_lib.metrics import METRIC_COLUMNS, paired_bootstrap, per_query_metrics
+from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
+from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap, per_query_metrics
 from test_evaluation import make_corpus
 
 
@@ -101,6 +101,6 @@ def test_sweep_resumes_from_saved_runs(tmp_path, monkeypatch):
     path = sweep.run_path(tmp_path, "baseline", 0)
     path.parent.mkdir(parents=True)
     saved.write_parquet(path)
-    monkeypatch.setattr("hmpcl_lib.training.train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("hmpcl_lib.train.loop.train", lambda *a, **k: pytest.fail("trained again"))
     frame = sweep.run_sweep(pl.DataFrame(), pl.DataFrame(), {"baseline": {"loss": "baseline"}}, [0], None, tmp_path)
     assert frame.equals(saved)

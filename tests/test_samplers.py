@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.samplers import HierarchicalBatchSampler
+from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler
 
 
 def make_corpus(classes=6, subclasses_per_class=4, patents_per_subclass=5, drawings=(3, 6), seed=0):

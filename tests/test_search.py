@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hmpcl_lib.embedding import embed_paths
+from hmpcl_lib.retrieval.embedding import embed_paths
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.index import VectorIndex
-from hmpcl_lib.models import build_encoder
-from hmpcl_lib.plots import results_grid_png
-from hmpcl_lib.search import RESULT_COLUMNS, Searcher, main, open_query_image
+from hmpcl_lib.retrieval.index import VectorIndex
+from hmpcl_lib.modeling.models import build_encoder
+from hmpcl_lib.retrieval.plots import results_grid_png
+from hmpcl_lib.retrieval.search import RESULT_COLUMNS, Searcher, main, open_query_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_python_dash_m_entry_point(corpus, tmp_path):
     torch.save({"encoder_config": model.config, "model": model.state_dict()}, checkpoint)
     hierarchy.write_parquet(tmp_path / "h.parquet")
     done = subprocess.run(
-        [sys.executable, "-m", "hmpcl_lib.search", "--image", hierarchy["image_path"][0], "-k", "2",
+        [sys.executable, "-m", "hmpcl_lib.retrieval.search", "--image", hierarchy["image_path"][0], "-k", "2",
          "--model-checkpoint", str(checkpoint), "--index", str(index.save(tmp_path / "idx")),
          "--hierarchy", str(tmp_path / "h.parquet"), "--data-root", str(root)],
         cwd=REPO, capture_output=True, text=True, timeout=120,

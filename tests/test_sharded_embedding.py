@@ -17,12 +17,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hmpcl_lib.embedding import embed_table, read_embeddings
+from hmpcl_lib.retrieval.embedding import embed_table, read_embeddings
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.index import VectorIndex
-from hmpcl_lib.models import build_encoder
-from hmpcl_lib.sharded_embedding import (CpuShardedIndex, build_sharded, embed_shard, merge_shards, shard_path,
-                                         shard_rows, shard_set)
+from hmpcl_lib.modeling.models import build_encoder
+from hmpcl_lib.retrieval.index import CpuShardedIndex, VectorIndex, build_sharded
+from hmpcl_lib.retrieval.sharded_embedding import embed_shard, merge_shards, shard_path, shard_rows, shard_set
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_SIZE = 48
@@ -101,7 +100,7 @@ def test_torchrun_two_processes_write_shards_and_rank0_merges(model, table, sing
     torch.save({"encoder_config": model.config, "model": model.state_dict()}, checkpoint)
     merged_path = tmp_path / "merged.parquet"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "hmpcl_lib.sharded_embedding", "--table", str(table_path), "--model-checkpoint", str(checkpoint),
+           "-m", "hmpcl_lib.retrieval.sharded_embedding", "--table", str(table_path), "--model-checkpoint", str(checkpoint),
            "--out", str(tmp_path / "shards"), "--device", "cpu", "--num-workers", "0", "--batch-size", "4",
            "--merge", str(merged_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

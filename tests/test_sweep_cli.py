@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 import torch
 
-from hmpcl_lib import cli, sweep
+from hmpcl_lib.tracking import cli
+from hmpcl_lib.tracking import sweep
 from test_training import make_drawing_table
 
 TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epochs=1", "steps_per_epoch=2",
@@ -60,7 +61,7 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     assert sorted(children["tags.mlflow.runName"]) == ["baseline-seed0", "cumulative-seed0"]
     assert children["metrics.leave_one_out.head.patent_map"].between(0, 1).all()
 
-    monkeypatch.setattr("hmpcl_lib.training.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr("hmpcl_lib.train.loop.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert cli.main(args) == 0
     assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs)
 

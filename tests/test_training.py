@@ -1,4 +1,4 @@
-"""Training loop, dataset and config (hmpcl_lib/training.py, hmpcl_lib/data.py) on a tiny drawn corpus.
+"""Training loop, dataset and config (hmpcl_lib/train/loop.py, hmpcl_lib/modeling/dataset.py) on a tiny drawn corpus.
 
 `make_drawing_table` is shared with test_training_resume.py and test_training_ddp.py.
 """
@@ -14,12 +14,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hmpcl_lib.data import DrawingDataset, collate
+from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.losses import HierarchicalContrastiveLoss
-from hmpcl_lib.models import build_encoder, build_transform, load_encoder
-from hmpcl_lib.training import TrainConfig, TrainingDivergedError, build_arg_parser, train
-from hmpcl_lib import training
+from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss
+from hmpcl_lib.modeling.models import build_encoder, build_transform, load_encoder
+from hmpcl_lib.train.cli import build_arg_parser
+from hmpcl_lib.train.config import TrainConfig
+from hmpcl_lib.train.loop import TrainingDivergedError, train
+from hmpcl_lib.train import loop as training
 
 CLASSES, SUBCLASSES, PATENTS, VIEWS = 3, 2, 5, 2
 

@@ -14,10 +14,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import make_drawing_table, tiny_config  # noqa: E402
 
-from hmpcl_lib import training  # noqa: E402
-from hmpcl_lib.data import DrawingDataset, collate  # noqa: E402
-from hmpcl_lib.models import build_encoder, build_transform  # noqa: E402
-from hmpcl_lib.samplers import HierarchicalBatchSampler  # noqa: E402
+from hmpcl_lib.train import loop as training  # noqa: E402
+from hmpcl_lib.modeling.dataset import DrawingDataset, collate  # noqa: E402
+from hmpcl_lib.modeling.models import build_encoder, build_transform  # noqa: E402
+from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_two_gloo_ranks_give_the_single_process_loss_of_the_global_batch(tmp_pat
     # BatchNorm statistics are per rank without SyncBatchNorm (CUDA only), so compare with frozen BN statistics.
     config = tiny_config(image_size=32, epochs=1, steps_per_epoch=1, freeze_bn=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hmpcl_lib.training", "--table", str(table_path), "--out", str(tmp_path / "ddp"),
+           "-m", "hmpcl_lib.train.cli", "--table", str(table_path), "--out", str(tmp_path / "ddp"),
            "--weights", "none", "--embed-dim", "32", "--image-size", "32", "--batch-size", "16", "--epochs", "1",
            "--steps-per-epoch", "1", "--lr", "0.001", "--warmup-steps", "1", "--num-workers", "0",
            "--log-every", "1", "--seed", "0", "--freeze-bn", "true"]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # the same fixtures as test_training (one torch thread, the tiny drawing table): imported, so pytest registers them
 from test_training import drawing_table, one_torch_thread, tiny_config  # noqa: E402,F401
 
-from hmpcl_lib.training import train  # noqa: E402
+from hmpcl_lib.train.loop import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_kill_9_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(drawing_
     table_path = tmp_path / "table.parquet"
     drawing_table.write_parquet(table_path)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hmpcl_lib.training", "--table", str(table_path), "--out", str(out),
+    cmd = [sys.executable, "-m", "hmpcl_lib.train.cli", "--table", str(table_path), "--out", str(out),
            "--weights", "none", "--embed-dim", "32", "--image-size", "64", "--batch-size", "16", "--epochs", "2",
            "--steps-per-epoch", "4", "--lr", "0.001", "--warmup-steps", "1", "--num-workers", "0",
            "--log-every", "1", "--seed", "0", "--checkpoint-every-steps", "3"]

@@ -16,7 +16,7 @@ import pytest
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.locarno import GrantFileCounts, iter_grant_lic, read_lic_codes, summarise_grant_counts
+from hmpcl_lib.sources.uspto import GrantFileCounts, iter_grant_lic, read_lic_codes, summarise_grant_counts
 
 DTDS = {
     "v4.1": ("v4.1 2005-08-25", "us-patent-grant-v41-2005-08-25.dtd"),
@@ -245,8 +245,8 @@ def test_lic_codes_asset_reads_xml_and_zip_and_reports_counts(tmp_path):
     import dagster as dg
     import polars as pl
 
-    from pipelines.assets.data import lic_codes
-    from pipelines.resources import DataStore
+    from pipelines.defs.assets.data import lic_codes
+    from pipelines.defs.resources import DataStore
 
     weekly = tmp_path / "uspto"
     weekly.mkdir()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .errors import InputError
+from hmpcl_lib.errors import InputError
 
 
 def load_drawing(path: str, mode: str = "RGB", record: str | int | None = None) -> Image.Image:

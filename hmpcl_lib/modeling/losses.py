@@ -43,7 +43,7 @@ import math
 import torch
 from torch import nn
 
-from hmpcl_lib import distributed
+from hmpcl_lib.modeling import distributed
 
 # Bounds for a learnable temperature: below 0.01 logits explode (CLIP caps its scale at 100), above 1 the
 # softmax is nearly flat and the loss stops separating anything.

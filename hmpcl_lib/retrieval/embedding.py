@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from hmpcl_lib.data import DrawingDataset, collate
+from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.io import write_parquet_atomic
-from hmpcl_lib.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
+from hmpcl_lib.modeling.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
 from hmpcl_lib.schemas import embeddings_schema
 
 log = logging.getLogger(__name__)

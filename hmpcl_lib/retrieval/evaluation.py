@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.index import VectorIndex
-from hmpcl_lib.metrics import per_query_metrics, summarise
+from hmpcl_lib.retrieval.index import VectorIndex
+from hmpcl_lib.retrieval.metrics import per_query_metrics, summarise
 
 FULL_RANKING_MAX_GALLERY = 10_000
 TRUNCATED_K = 1000

@@ -4,6 +4,9 @@ Exact `IndexFlatIP` by default; IVF-Flat or HNSW when asked for, or ("auto") whe
 `flat_max`. Moved to all GPUs when the installed faiss has any. faiss is imported here only, so the torch
 training/embedding core does not need it.
 
+`build_sharded` spreads an exact index over shards: faiss `IndexShards` on CPU, or every GPU via
+`index_cpu_to_all_gpus` with the `shard` cloner flag, so a corpus larger than one card's memory still fits.
+
 On disk (`save(dir)`, written to a temp dir then renamed): `index.faiss`, `ids.npy` (unicode array, no
 pickle) and `meta.json`.
 """
@@ -262,3 +265,72 @@ class VectorIndex:
         if meta.kind == "hnsw" and meta.ef_search:
             index.hnsw.efSearch = meta.ef_search
         return cls._placed(index, ids, meta, use_gpu)
+
+
+# ---------------------------------------------------------------- sharded exact index
+
+
+def build_sharded(ids: Any, vectors: Any, n_shards: int | None = None, use_gpu: bool | Literal["auto"] = "auto"):
+    """An exact inner-product VectorIndex spread over shards.
+
+    GPUs present (and `use_gpu`): the flat index is cloned onto all of them with `GpuMultipleClonerOptions.shard`
+    (each card holds 1/n of the vectors). Otherwise `n_shards` CPU flat indexes (default 2) under
+    `faiss.IndexShards`, searched in parallel. Results equal a single flat index; `save()` writes the merged flat.
+    """
+    import faiss
+
+    ids = np.asarray(ids).astype(str)
+    vectors = check_normalised(vectors, source="index vectors", ids=ids)
+    if len(ids) != len(vectors):
+        raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source="index ids")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
+    n, dim = vectors.shape
+    meta = IndexMeta(kind="flat", dim=dim, ntotal=n)
+    gpus = _gpu_count(faiss)
+    if use_gpu is True and gpus == 0:
+        raise InputError("use_gpu=True but the installed faiss sees no GPU", source="index")
+    if use_gpu and gpus > 0:
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(vectors)
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        return VectorIndex(faiss.index_cpu_to_all_gpus(flat, co=options), ids, meta, on_gpu=True)
+    n_shards = n_shards or 2
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    return CpuShardedIndex(vectors, n_shards, ids, meta)
+
+
+class CpuShardedIndex(VectorIndex):
+    """VectorIndex over `faiss.IndexShards` of contiguous flat blocks; saved as one merged flat index."""
+
+    def __init__(self, vectors: np.ndarray, n_shards: int, ids: np.ndarray, meta: IndexMeta):
+        import faiss
+
+        sharded = faiss.IndexShards(meta.dim, True, True)  # threaded, successive ids: positions stay global
+        self._shards = []
+        for block in np.array_split(np.arange(len(vectors)), n_shards):
+            shard = faiss.IndexFlatIP(meta.dim)
+            if len(block):
+                shard.add(vectors[block])
+            self._shards.append(shard)  # IndexShards does not own its members: keep them alive
+            sharded.add_shard(shard)
+        super().__init__(sharded, ids, meta)
+        self._cpu_index = None  # save() goes through _cpu(): a merged flat index faiss can serialise
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._shards)
+
+    def _cpu(self) -> Any:
+        import faiss
+
+        if self._cpu_index is None:
+            merged = faiss.IndexFlatIP(self.meta.dim)
+            for shard in self._shards:
+                if shard.ntotal:
+                    merged.add(shard.reconstruct_n(0, shard.ntotal))
+            self._cpu_index = merged
+        return self._cpu_index

@@ -4,7 +4,7 @@ Query images come from users, so they are treated as hostile: a path outside `da
 the header is read first (PIL opens lazily) and images above `max_pixels` are refused before any pixel is
 decoded, so memory stays bounded; non-images and truncated files raise InputError naming the file.
 
-CLI: python -m hmpcl_lib.search --image drawing.png -k 10 [--model-uri models:/hmpcl-encoder@champion]
+CLI: python -m hmpcl_lib.retrieval.search --image drawing.png -k 10 [--model-uri models:/hmpcl-encoder@champion]
      [--model-checkpoint encoder.pt] [--index data/index] [--hierarchy data/parsed/lic_hierarchy.parquet]
 """
 
@@ -22,10 +22,10 @@ import polars as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hmpcl_lib.data import load_drawing
+from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.errors import HmpclError, InputError
-from hmpcl_lib.index import VectorIndex
-from hmpcl_lib.models import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from hmpcl_lib.retrieval.index import VectorIndex
+from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
@@ -68,7 +68,7 @@ def open_query_image(
 
 def load_checkpoint_model(path: str | os.PathLike) -> torch.nn.Module:
     """A torch.save'd Encoder, or a dict with `encoder_config` + `model` (state dict), as training writes."""
-    from hmpcl_lib.models import rebuild_encoder
+    from hmpcl_lib.modeling.models import rebuild_encoder
 
     if not Path(path).is_file():
         raise InputError("model checkpoint not found", source=str(path))
@@ -183,7 +183,7 @@ def default_index_dir(args: argparse.Namespace, data: Path) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     data = Path(os.environ.get("HMPCL_DATA_ROOT", "data"))
-    p = argparse.ArgumentParser(prog="python -m hmpcl_lib.search", description="Find the drawings nearest to an image.")
+    p = argparse.ArgumentParser(prog="python -m hmpcl_lib.retrieval.search", description="Find the drawings nearest to an image.")
     p.add_argument("--image", required=True, help="query image file")
     p.add_argument("-k", "--k", type=int, default=10, help="number of results")
     p.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help="MLflow model URI")
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with pl.Config(**table_style, tbl_hide_dataframe_shape=True):
         print(results.drop("image_path"))
     if args.out_png:
-        from hmpcl_lib.plots import results_grid_png  # noqa: PLC0415
+        from hmpcl_lib.retrieval.plots import results_grid_png  # noqa: PLC0415
 
         query_path = str(Path(args.image).resolve())
         same_file = searcher.hierarchy.filter(pl.col("image_path") == query_path)

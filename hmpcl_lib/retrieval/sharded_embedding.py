@@ -6,9 +6,8 @@ key-value metadata), so a crashed rank reruns alone; `merge_shards` then checks 
 once, no id missing or duplicated) and returns one table sorted by drawing id. No collective is needed to embed,
 so the same code runs as plain calls (`rank`, `world` arguments) or under torchrun (RANK / WORLD_SIZE).
 
-`build_sharded` spreads a flat index over shards: faiss `IndexShards` on CPU, or every GPU via
-`index_cpu_to_all_gpus` with the `shard` cloner flag, so a corpus larger than one card's memory still fits.
-torch core: faiss is imported only inside `build_sharded`.
+Spreading the merged vectors over index shards (`build_sharded`) is index work and lives in
+`hmpcl_lib.retrieval.index`: this module is part of the torch core and imports no faiss.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hmpcl_lib.embedding import embed_table, write_embeddings
+from hmpcl_lib.retrieval.embedding import embed_table, write_embeddings
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.index import IndexMeta, VectorIndex, _gpu_count, check_normalised
 
 log = logging.getLogger(__name__)
 
@@ -140,72 +138,6 @@ def shard_set(out_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(SHARD_NAME.search(p.name).group(1)))
 
 
-def build_sharded(ids: Any, vectors: Any, n_shards: int | None = None, use_gpu: bool | Literal["auto"] = "auto"):
-    """An exact inner-product VectorIndex spread over shards.
-
-    GPUs present (and `use_gpu`): the flat index is cloned onto all of them with `GpuMultipleClonerOptions.shard`
-    (each card holds 1/n of the vectors). Otherwise `n_shards` CPU flat indexes (default 2) under
-    `faiss.IndexShards`, searched in parallel. Results equal a single flat index; `save()` writes the merged flat.
-    """
-    import faiss
-
-    ids = np.asarray(ids).astype(str)
-    vectors = check_normalised(vectors, source="index vectors", ids=ids)
-    if len(ids) != len(vectors):
-        raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source="index ids")
-    unique, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
-    n, dim = vectors.shape
-    meta = IndexMeta(kind="flat", dim=dim, ntotal=n)
-    gpus = _gpu_count(faiss)
-    if use_gpu is True and gpus == 0:
-        raise InputError("use_gpu=True but the installed faiss sees no GPU", source="index")
-    if use_gpu and gpus > 0:
-        flat = faiss.IndexFlatIP(dim)
-        flat.add(vectors)
-        options = faiss.GpuMultipleClonerOptions()
-        options.shard = True
-        return VectorIndex(faiss.index_cpu_to_all_gpus(flat, co=options), ids, meta, on_gpu=True)
-    n_shards = n_shards or 2
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    return CpuShardedIndex(vectors, n_shards, ids, meta)
-
-
-class CpuShardedIndex(VectorIndex):
-    """VectorIndex over `faiss.IndexShards` of contiguous flat blocks; saved as one merged flat index."""
-
-    def __init__(self, vectors: np.ndarray, n_shards: int, ids: np.ndarray, meta: IndexMeta):
-        import faiss
-
-        sharded = faiss.IndexShards(meta.dim, True, True)  # threaded, successive ids: positions stay global
-        self._shards = []
-        for block in np.array_split(np.arange(len(vectors)), n_shards):
-            shard = faiss.IndexFlatIP(meta.dim)
-            if len(block):
-                shard.add(vectors[block])
-            self._shards.append(shard)  # IndexShards does not own its members: keep them alive
-            sharded.add_shard(shard)
-        super().__init__(sharded, ids, meta)
-        self._cpu_index = None  # save() goes through _cpu(): a merged flat index faiss can serialise
-
-    @property
-    def n_shards(self) -> int:
-        return len(self._shards)
-
-    def _cpu(self) -> Any:
-        import faiss
-
-        if self._cpu_index is None:
-            merged = faiss.IndexFlatIP(self.meta.dim)
-            for shard in self._shards:
-                if shard.ntotal:
-                    merged.add(shard.reconstruct_n(0, shard.ntotal))
-            self._cpu_index = merged
-        return self._cpu_index
-
-
 # ---------------------------------------------------------------- CLI
 
 
@@ -224,7 +156,7 @@ def _device_for_rank(device: str) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hmpcl_lib.sharded_embedding",
+        prog="python -m hmpcl_lib.retrieval.sharded_embedding",
         description="Embed this rank's shard of a drawings table (RANK/WORLD_SIZE from torchrun, or --rank/--world); "
                     "with --merge, rank 0 waits for every shard and writes the merged table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -246,7 +178,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from hmpcl_lib.models import load_encoder
+    from hmpcl_lib.modeling.models import load_encoder
 
     env_rank, env_world = _distributed_rank_world()
     rank = env_rank if args.rank is None else args.rank

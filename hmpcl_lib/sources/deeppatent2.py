@@ -5,7 +5,7 @@ to year; so containers are recognised by their bytes (zip, tar, tar.gz/bz2/xz, o
 are found by pattern (`design*.json`, `segmentation_*.json`, several per year), the JSON is decoded one record at a
 time, and every record that cannot be used becomes a quarantine row (file, record, reason) instead of a crash or a
 silent drop. A per-year lock file lets two runs of the same year take turns instead of corrupting each other.
-The HTTP side (listing, resumable download) lives in `hmpcl_lib.dataverse` and is re-exported here.
+The HTTP side (listing, resumable download) lives in `hmpcl_lib.sources.dataverse` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hmpcl_lib import schemas
-from hmpcl_lib.dataverse import (  # re-exported (see __all__): the DeepPatent2 API in one place
+from hmpcl_lib.sources.dataverse import (  # re-exported (see __all__): the DeepPatent2 API in one place
     DEEPPATENT2_DOI,
     DEFAULT_BASE_URL,
     DataverseFile,

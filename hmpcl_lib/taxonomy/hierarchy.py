@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.locarno import MISSING_TEXTS, load_taxonomy, parse_locarno_code, taxonomy_edition
+from hmpcl_lib.taxonomy.locarno import MISSING_TEXTS, load_taxonomy, parse_locarno_code, taxonomy_edition
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -153,8 +153,8 @@ def compare_command(cfg: tracking.TrackingConfig, run_a: str, run_b: str, metric
 
 def _paired_section(cfg: tracking.TrackingConfig, a, b) -> str:
     """Paired bootstrap intervals of B - A over the queries both runs were benchmarked on, per protocol."""
-    from hmpcl_lib.experiment import PROTOCOL_PREFIX, per_query_artifact
-    from hmpcl_lib.metrics import paired_bootstrap
+    from hmpcl_lib.tracking.experiment import PROTOCOL_PREFIX, per_query_artifact
+    from hmpcl_lib.retrieval.metrics import paired_bootstrap
 
     parts = []
     for protocol in PROTOCOL_PREFIX:
@@ -178,8 +178,8 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
     """Run (or resume) a sweep and return its summary tables."""
     import polars as pl
 
-    from hmpcl_lib import sweep
-    from hmpcl_lib.training import TrainConfig, config_from_strings
+    from hmpcl_lib.tracking import sweep
+    from hmpcl_lib.train.config import TrainConfig, config_from_strings
 
     unknown = [v for v in variants if v not in sweep.VARIANTS]
     if unknown:
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", parents=[common], help="train variants over seeds; summary with paired intervals")
     w.add_argument("--data-root", default=os.environ.get("HMPCL_DATA_ROOT", "data"))
     w.add_argument("--variant", action="append", dest="variants", metavar="NAME",
-                   help="a variant of hmpcl_lib.sweep.VARIANTS (repeatable; default: all; the baseline is always in)")
+                   help="a variant of hmpcl_lib.tracking.sweep.VARIANTS (repeatable; default: all; the baseline is always in)")
     w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     w.add_argument("--set", action="append", dest="overrides", default=[], metavar="FIELD=VALUE",
                    help="a TrainConfig field for every variant, e.g. --set epochs=4")
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "compare":
             out = compare_command(cfg, args.run_a, args.run_b, args.metrics, args.per_class)
         elif args.command == "sweep":
-            from hmpcl_lib import sweep
+            from hmpcl_lib.tracking import sweep
 
             out = sweep_command(args.data_root, args.variants or list(sweep.VARIANTS), args.seeds, args.overrides,
                                 args.out, args.name, None if args.no_mlflow else cfg, args.protocol)

@@ -48,7 +48,7 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
     """Train an encoder on the train split and log params, metrics, checkpoint and model to one MLflow run."""
     import mlflow
 
-    from hmpcl_lib.training import train
+    from hmpcl_lib.train.loop import train
 
     variant = variant or config.loss
     params = dataclasses.asdict(config)
@@ -149,8 +149,8 @@ def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
 def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
                features: str = "head"):
     """(drawing ids, [N, D] vectors) of the test split; `features="pooled"` skips the projection head."""
-    from hmpcl_lib.embedding import embed_paths
-    from hmpcl_lib.models import pooled_view
+    from hmpcl_lib.retrieval.embedding import embed_paths
+    from hmpcl_lib.modeling.models import pooled_view
 
     if features not in ("head", "pooled"):
         raise ValueError(f"features must be 'head' or 'pooled', got {features!r}")
@@ -170,7 +170,7 @@ def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_s
 def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
                        protocols=("deeppatent", "leave_one_out"), features: str = "head") -> dict:
     """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}."""
-    from hmpcl_lib.evaluation import benchmark_embeddings
+    from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 
     embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, features)
     return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p) for p in protocols}
@@ -190,7 +190,7 @@ def comparison_table(results: dict[str, object]) -> pl.DataFrame:
 def paired_intervals(results: dict[str, dict], pairs: list[tuple[str, str]], protocol: str = "leave_one_out",
                      metrics: list[str] | None = None) -> pl.DataFrame:
     """B - A per metric with a paired bootstrap 95 % interval over the queries, for each (A, B) in `pairs`."""
-    from hmpcl_lib.metrics import paired_bootstrap
+    from hmpcl_lib.retrieval.metrics import paired_bootstrap
 
     frames = [paired_bootstrap(results[a][protocol].per_query, results[b][protocol].per_query, metrics)
               .select(pl.lit(f"{b} - {a}").alias("comparison"), pl.lit(protocol).alias("protocol"), pl.all())

@@ -92,7 +92,9 @@ def log_encoder(model, name: str = "model") -> str:
     import mlflow
     import mlflow.pytorch
 
-    code = str(Path(__file__).resolve().parent)  # ship hmpcl_lib so the pickled Encoder class loads anywhere
+    # ship the whole hmpcl_lib package (this file is hmpcl_lib/tracking/mlflow_store.py) so the pickled Encoder
+    # class loads anywhere
+    code = str(Path(__file__).resolve().parents[1])
     info = mlflow.pytorch.log_model(model.cpu().eval(), name=name, code_paths=[code], serialization_format="pickle")
     return info.model_uri
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from hmpcl_lib.io import atomic_path
-from hmpcl_lib.metrics import METRIC_COLUMNS, paired_bootstrap
+from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
     An existing result file is read instead of training again (the sweep resumes).
     """
-    from hmpcl_lib.experiment import evaluate_protocols, train_rows
-    from hmpcl_lib.training import train
+    from hmpcl_lib.tracking.experiment import evaluate_protocols, train_rows
+    from hmpcl_lib.train.loop import train
 
     path = run_path(out_dir, variant, seed)
     if path.exists():

@@ -1,4 +1,4 @@
-"""Training loop for the encoder: hierarchical (or baseline) contrastive loss, checkpoints, resume, DDP, CLI.
+"""Training loop for the encoder: hierarchical (or baseline) contrastive loss, resume, DDP (`train` and its pieces).
 
 Restart safety: `out_dir/checkpoints/last.pt` is written atomically at every epoch end (and every
 `checkpoint_every_steps` steps) with model, optimizer, scheduler, position in the epoch, RNG states and history.
@@ -6,21 +6,18 @@ A rerun with `resume=True` continues exactly where it stopped: augmentation is s
 (seed, epoch, batch, index), so a resumed run sees the same images, crops and batches as an uninterrupted one.
 Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP, each rank draws its part of every hierarchical
 batch, the loss gathers embeddings across ranks, and only rank 0 writes checkpoints, logs and calls on_metrics.
+The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the CLI `hmpcl_lib.train.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
 import random
 import sys
 import time
-import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed as D
-from .data import DrawingDataset, collate
-from .errors import HmpclError
-from .io import atomic_path
-from .models import Encoder, build_encoder, build_transform
+from hmpcl_lib.errors import HmpclError
+from hmpcl_lib.modeling import distributed as D
+from hmpcl_lib.modeling.dataset import DrawingDataset, collate
+from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform
+from hmpcl_lib.train.checkpoint import _Checkpointer, _export_encoder, _restore, _save_everywhere
+from hmpcl_lib.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "hmpcl-train-v1"
 LABEL_COLUMNS = ("class_label", "subclass_label", "patent_label")
-# Fields that do not change the maths, so a resumed run may use other values.
-RESUME_FREE_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every_steps", "device"})
 
 
 class TrainingDivergedError(HmpclError):
@@ -56,78 +51,6 @@ class TrainingDivergedError(HmpclError):
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run (all of it is stored in checkpoints and becomes a CLI flag)."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"  # "package" | "none" | "hub" | path to a timm state dict
-    embed_dim: int | None = 256  # None: no projection head
-    head: str = "mlp"  # "mlp" | "linear"
-    loss: str = "hierarchical"  # "hierarchical" | "baseline"
-    target: str = "item"  # hierarchical target form: "item" (paper) | "level" | "cumulative" (see losses.py)
-    s_patent: float = 1.0
-    s_subclass: float = 0.5
-    s_class: float = 0.25
-    temperature: float = 0.07
-    learn_temperature: bool = False
-    batch_size: int = 64  # global batch: each of the DDP ranks draws batch_size / world_size
-    drawings_per_patent: int = 2
-    patents_per_subclass: int = 2
-    subclasses_per_class: int = 2
-    epochs: int = 3
-    steps_per_epoch: int | None = None  # None: the sampler's natural epoch length
-    lr: float = 3e-4  # head (and learnable temperature) learning rate
-    backbone_lr_mult: float = 0.1  # pretrained backbone learns slower than the fresh head
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
-    image_size: int = 128
-    grad_clip: float | None = 1.0
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (tiny per-device batches, exact DDP equivalence)
-    num_workers: int | None = None  # None: auto from the CPU count
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    log_every: int = 10
-    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"TrainConfig: {message}")
-
-        need(self.loss in ("hierarchical", "baseline"), f"loss must be 'hierarchical' or 'baseline', got {self.loss!r}")
-        need(self.head in ("mlp", "linear"), f"head must be 'mlp' or 'linear', got {self.head!r}")
-        from .losses import TARGETS, validate_scores
-
-        need(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
-
-        try:
-            validate_scores(self.s_patent, self.s_subclass, self.s_class)
-        except ValueError as e:
-            raise ValueError(f"TrainConfig: {e}") from None
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        need(self.embed_dim is None or self.embed_dim > 0, f"embed_dim must be > 0 or None, got {self.embed_dim}")
-        for name in ("batch_size", "drawings_per_patent", "patents_per_subclass", "subclasses_per_class",
-                     "epochs", "image_size", "log_every"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.drawings_per_patent >= 2, "drawings_per_patent must be >= 2 (a patent needs a positive pair)")
-        for name in ("steps_per_epoch", "checkpoint_every_steps"):
-            value = getattr(self, name)
-            need(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}")
-        need(self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        need(self.lr > 0 and self.backbone_lr_mult >= 0, "lr must be > 0 and backbone_lr_mult >= 0")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        need(self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
 class TrainResult:
     model: Encoder
     checkpoint_path: Path
@@ -137,7 +60,7 @@ class TrainResult:
 
 def build_loss(config: TrainConfig) -> nn.Module:
     """The configured contrastive loss (baseline = same loss, only same-patent pairs positive)."""
-    from .losses import HierarchicalContrastiveLoss, baseline_loss
+    from hmpcl_lib.modeling.losses import HierarchicalContrastiveLoss, baseline_loss
 
     common = dict(temperature=config.temperature, learn_temperature=config.learn_temperature)
     if config.loss == "baseline":
@@ -166,7 +89,7 @@ def train(
     resume: bool = True,
 ) -> TrainResult:
     """Train an encoder on `table` (image_path + class/subclass/patent labels); see the module doc."""
-    from .samplers import HierarchicalBatchSampler
+    from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler
 
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
@@ -474,193 +397,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-class _Checkpointer:
-    def __init__(self, path, config, fingerprint, encoder, criterion, optimizer, scheduler):
-        self.path, self.config, self.fingerprint = path, config, fingerprint
-        self.encoder, self.criterion, self.optimizer, self.scheduler = encoder, criterion, optimizer, scheduler
-
-    def __call__(self, state: dict[str, Any], epoch: int, batches_done: int, rng_states: list[dict]) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "data_fingerprint": self.fingerprint,
-            "encoder_config": self.encoder.config,
-            "model": self.encoder.state_dict(),
-            "loss": self.criterion.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "step": state["step"],
-            "history": list(state["history"]),
-            "epoch_loss_sum": state["epoch_loss_sum"],
-            "epoch_loss_count": state["epoch_loss_count"],
-            "rng": rng_states,
-        }
-        with atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
-        log.info("checkpoint: %s (epoch %d, batch %d, step %d)", self.path, epoch, batches_done, state["step"])
-
-
-def _save_everywhere(save: _Checkpointer | None, state: dict[str, Any], epoch: int, batches_done: int) -> None:
-    """Collect every rank's RNG state (each rank has its own dropout stream), rank 0 writes the file."""
-    rng = _rng_state()
-    if D.world_size() > 1:
-        states: list[Any] = [None] * D.world_size()
-        torch.distributed.all_gather_object(states, rng)
-    else:
-        states = [rng]
-    if save is not None:
-        save(state, epoch, batches_done, states)
-    if D.world_size() > 1:
-        torch.distributed.barrier()
-
-
-def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criterion, optimizer, scheduler,
-             rank: int) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
-    saved, wanted = ckpt["config"], config.to_dict()
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if k not in RESUME_FREE_FIELDS and saved.get(k) != v}
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
-        raise HmpclError(f"cannot resume from {path}: config differs ({detail}); use another out_dir or resume=False")
-    if ckpt["data_fingerprint"] != fingerprint:
-        raise HmpclError(f"cannot resume from {path}: the training table changed since the checkpoint was written")
-    encoder.load_state_dict(ckpt["model"])
-    criterion.load_state_dict(ckpt["loss"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    rng = ckpt["rng"]
-    if len(rng) != D.world_size():
-        log.warning("checkpoint holds RNG states of %d ranks, running with %d: RNG streams restart", len(rng),
-                    D.world_size())
-    _set_rng_state(rng[rank % len(rng)])
-    return {k: ckpt[k] for k in ("epoch", "batches_done", "step", "history", "epoch_loss_sum", "epoch_loss_count")}
-
-
-def _export_encoder(path: Path, encoder: Encoder, config: TrainConfig) -> None:
-    """The trained encoder alone (what embedding/search load with models.load_encoder)."""
-    with atomic_path(path) as tmp:
-        torch.save({"encoder_config": encoder.config, "model": encoder.state_dict(), "train_config": config.to_dict()}, tmp)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def _flag_type(hint: Any) -> Callable[[str], Any]:
-    """argparse converter for a dataclass field type (optional types accept 'none'/'auto')."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    base = args[0] if args else hint
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() in ("none", "auto", "null"):
-            return None
-        if base is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-        return base(text)
-
-    convert.__name__ = getattr(base, "__name__", "value")
-    return convert
-
-
-def config_from_strings(assignments: list[str], base: TrainConfig | None = None) -> TrainConfig:
-    """`["epochs=4", "learn_temperature=true"]` applied to `base` (default TrainConfig()), typed like the CLI flags."""
-    hints = typing.get_type_hints(TrainConfig)
-    values = {}
-    for item in assignments:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in hints:
-            raise ValueError(f"expected FIELD=VALUE with a TrainConfig field, got {item!r}")
-        try:
-            values[key] = _flag_type(hints[key])(text.strip())
-        except (ValueError, argparse.ArgumentTypeError) as e:
-            raise ValueError(f"bad value for {key}: {text!r} ({e})") from None
-    return dataclasses.replace(base or TrainConfig(), **values)
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m hmpcl_lib.training",
-        description="Train the hmpcl image encoder (resumes from OUT/checkpoints/last.pt when present).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--table", required=True, help="Parquet with image_path, class_label, subclass_label, patent_label")
-    parser.add_argument("--splits", help="splits Parquet (drawing_id, split): train only on --split rows")
-    parser.add_argument("--split", default="train", help="which split to train on when --splits is given")
-    parser.add_argument("--out", required=True, help="output folder (checkpoints/, encoder.pt)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    parser.add_argument("--log-level", default="INFO")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_flag_type(hints[f.name]),
-                            default=f.default, help=f"{f.name} ({hints[f.name]})".replace("typing.", ""))
-    return parser
-
-
-def _load_training_table(table_path: str, splits_path: str | None, split: str):
-    import polars as pl
-
-    from .errors import InputError
-
-    try:
-        table = pl.read_parquet(table_path)
-    except Exception as e:  # noqa: BLE001 - any read failure is bad input here
-        raise InputError(f"cannot read training table ({e})", source=table_path) from e
-    if splits_path:
-        splits = pl.read_parquet(splits_path)
-        for name, frame, cols in (("table", table, ["drawing_id"]), ("splits", splits, ["drawing_id", "split"])):
-            missing = [c for c in cols if c not in frame.columns]
-            if missing:
-                raise InputError(f"missing columns {missing}", source=table_path if name == "table" else splits_path)
-        keep = splits.filter(pl.col("split") == split).select("drawing_id")
-        table = table.join(keep, on="drawing_id", how="semi", maintain_order="left")
-        if table.height == 0:
-            raise InputError(f"no drawing of the table is in split {split!r}", source=splits_path)
-    return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    table = _load_training_table(args.table, args.splits, args.split)
-    result = train(config, table, args.out, resume=not args.no_resume)
-    if D.rank() == 0:
-        last = next((h for h in reversed(result.history) if "epoch_loss" in h), {})
-        print(json.dumps({"checkpoint": str(result.checkpoint_path), "steps": result.history[-1]["step"] if result.history else 0,
-                          "final_epoch_loss": last.get("epoch_loss")}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

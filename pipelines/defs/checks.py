@@ -4,12 +4,13 @@
 import dagster as dg
 import polars as pl
 
-from hmpcl_lib import quality, schemas
-from hmpcl_lib.embedding import read_embeddings
-from hmpcl_lib.hierarchy import lic_coverage
-from pipelines.assets.data import lic_hierarchy, splits
-from pipelines.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, model_comparison, retrieval_benchmark
-from pipelines.resources import DataStore
+from hmpcl_lib import schemas
+from hmpcl_lib.taxonomy import quality
+from hmpcl_lib.retrieval.embedding import read_embeddings
+from hmpcl_lib.taxonomy.hierarchy import lic_coverage
+from pipelines.defs.assets.data import lic_hierarchy, splits
+from pipelines.defs.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, model_comparison, retrieval_benchmark
+from pipelines.defs.resources import DataStore
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 

@@ -3,10 +3,10 @@
 
 import dagster as dg
 
-from pipelines.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits, year_partitions
-from pipelines.assets.retrieval import (champion_model, corpus_embeddings, gallery_index, model_comparison,
+from pipelines.defs.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits, year_partitions
+from pipelines.defs.assets.retrieval import (champion_model, corpus_embeddings, gallery_index, model_comparison,
                                         retrieval_benchmark)
-from pipelines.assets.training import trained_encoder
+from pipelines.defs.assets.training import trained_encoder
 
 # Dagster runs one partitions definition per run: the year-partitioned ingest is its own job, and the full
 # pipeline is everything downstream of it (over all years ingested so far).

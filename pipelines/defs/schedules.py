@@ -5,7 +5,7 @@ import os
 
 import dagster as dg
 
-from pipelines.jobs import retrain
+from pipelines.defs.jobs import retrain
 
 
 def retrain_schedule(cron: str | None = None, timezone: str | None = None) -> dg.ScheduleDefinition:
@@ -17,3 +17,6 @@ def retrain_schedule(cron: str | None = None, timezone: str | None = None) -> dg
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-train, re-index and re-benchmark every week (Mondays 03:00 UTC by default).",
     )
+
+
+weekly_retrain = retrain_schedule()  # the one the code location serves (found by dg.load_from_defs_folder)

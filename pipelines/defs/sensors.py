@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from pipelines.jobs import retrain
+from pipelines.defs.jobs import retrain
 
 DRAWINGS = dg.AssetKey("drawings")
 

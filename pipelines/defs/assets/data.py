@@ -6,10 +6,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from hmpcl_lib import deeppatent2, hierarchy, locarno
 from hmpcl_lib.io import write_parquet_atomic
+from hmpcl_lib.sources import deeppatent2, uspto
+from hmpcl_lib.taxonomy import hierarchy
 from pipelines.metadata import counts_markdown, table_metadata
-from pipelines.resources import DataStore
+from pipelines.defs.resources import DataStore
 
 YEARS = [str(y) for y in range(2007, 2021)]
 year_partitions = dg.StaticPartitionsDefinition(YEARS)
@@ -62,12 +63,12 @@ def lic_codes(context: dg.AssetExecutionContext, store: DataStore) -> dg.Materia
     files = sorted([*xml_dir.glob("*.xml"), *xml_dir.glob("*.zip")])
     if not files:
         raise dg.Failure(f"no USPTO grant files (*.xml, *.zip) in {xml_dir}; set HMPCL_USPTO_XML_DIR")
-    counts: list[locarno.GrantFileCounts] = []
-    codes, quarantine = locarno.read_lic_codes(files, counts=counts)
+    counts: list[uspto.GrantFileCounts] = []
+    codes, quarantine = uspto.read_lic_codes(files, counts=counts)
     write_parquet_atomic(codes, store.lic_codes_path)
     write_parquet_atomic(quarantine, store.lic_quarantine_path)
     df, bad = pl.from_arrow(codes), pl.from_arrow(quarantine)
-    read = locarno.summarise_grant_counts(counts)
+    read = uspto.summarise_grant_counts(counts)
     return dg.MaterializeResult(metadata={
         **table_metadata(df, store.lic_codes_path),
         "xml_files": len(files),

@@ -10,12 +10,12 @@ import dagster as dg
 import polars as pl
 
 from hmpcl_lib import tracking
-from hmpcl_lib.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
+from hmpcl_lib.tracking.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
                                   load_model, log_benchmark, overall_metrics, paired_intervals, train_tracked)
 from hmpcl_lib.io import file_sha256
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown, markdown_table, table_metadata
-from pipelines.resources import DataStore, MlflowTracking
+from pipelines.defs.resources import DataStore, MlflowTracking
 
 HEADLINE = ["patent_map", "patent_recall_at_1", "patent_recall_at_5", "patent_recall_at_10", "patent_mrr_at_10",
             "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"]
@@ -41,7 +41,7 @@ class Embeddings:
 def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
                       mlflow_tracking: MlflowTracking) -> dg.Output[Embeddings]:
     """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""
-    from hmpcl_lib.embedding import embed_table, write_embeddings
+    from hmpcl_lib.retrieval.embedding import embed_table, write_embeddings
 
     hier = pl.read_parquet(store.hierarchy_path)
     model = load_model(trained_encoder.model_uri, mlflow_tracking.config)
@@ -58,8 +58,8 @@ def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: Traine
 def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddings,
                   store: DataStore) -> dg.Output[str]:
     """A FAISS inner-product index over the whole corpus: what `hmpcl-search` queries."""
-    from hmpcl_lib.embedding import read_embeddings
-    from hmpcl_lib.index import VectorIndex
+    from hmpcl_lib.retrieval.embedding import read_embeddings
+    from hmpcl_lib.retrieval.index import VectorIndex
 
     ids, vectors = read_embeddings(corpus_embeddings.path)
     index = VectorIndex.build(ids, vectors)
@@ -77,8 +77,8 @@ class Benchmark:
 
 
 def _plots(result, name: str, out: Path) -> dict[str, Path]:
-    from hmpcl_lib import plots
-    from hmpcl_lib.evaluation import recall_at_k_curve
+    from hmpcl_lib.retrieval import plots
+    from hmpcl_lib.retrieval.evaluation import recall_at_k_curve
 
     ks, values = recall_at_k_curve(result)
     files = {"recall_curve": out / f"{name}_recall_at_k.png", "per_class_map": out / f"{name}_per_class_map.png"}
@@ -89,7 +89,7 @@ def _plots(result, name: str, out: Path) -> dict[str, Path]:
 
 def _query_grids(result, hierarchy: pl.DataFrame, out: Path, n: int = 3, k: int = 8) -> list[Path]:
     """Query + top-k thumbnails for the first few test queries."""
-    from hmpcl_lib import plots
+    from hmpcl_lib.retrieval import plots
 
     paths = dict(zip(hierarchy["drawing_id"].to_list(), hierarchy["image_path"].to_list()))
     meta = hierarchy.select("drawing_id", "patent_id", "class_code", "subclass_code")
@@ -116,8 +116,8 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
     patent vs the rest) plus leave-one-out (every test drawing vs all others: `loo.*` in MLflow)."""
     import mlflow
 
-    from hmpcl_lib.embedding import read_embeddings
-    from hmpcl_lib.evaluation import benchmark_embeddings
+    from hmpcl_lib.retrieval.embedding import read_embeddings
+    from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 
     cfg = mlflow_tracking.config
     hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
@@ -197,8 +197,8 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     model is reused; the other variants are trained (or their finished MLflow runs reused) here."""
     import mlflow
 
-    from hmpcl_lib.models import build_encoder
-    from hmpcl_lib.training import TrainConfig
+    from hmpcl_lib.modeling.models import build_encoder
+    from hmpcl_lib.train.config import TrainConfig
 
     cfg = mlflow_tracking.config
     hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
@@ -231,8 +231,8 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.splits_path))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        from hmpcl_lib import plots
-        from hmpcl_lib.evaluation import recall_at_k_curve
+        from hmpcl_lib.retrieval import plots
+        from hmpcl_lib.retrieval.evaluation import recall_at_k_curve
 
         headline = {name: r["deeppatent"] for name, r in results.items()}
         curves = {name: recall_at_k_curve(r) for name, r in headline.items()}

@@ -8,15 +8,15 @@ from typing import Optional
 
 import dagster as dg
 
-from hmpcl_lib.experiment import TrainedModel
-from hmpcl_lib.training import TrainConfig
-from pipelines.assets.data import splits
+from hmpcl_lib.tracking.experiment import TrainedModel
+from hmpcl_lib.train.config import TrainConfig
+from pipelines.defs.assets.data import splits
 from pipelines.launchers import GPU_POD_TAGS, trained_model_from_metadata
-from pipelines.resources import DataStore, MlflowTracking, TrainingLauncher
+from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 
 
 class TrainingConfig(dg.Config):
-    """Every knob of `hmpcl_lib.training.TrainConfig` that a user may set from the launchpad."""
+    """Every knob of `hmpcl_lib.train.config.TrainConfig` that a user may set from the launchpad."""
 
     backbone: str = "efficientnet_lite0"
     weights: str = "package"

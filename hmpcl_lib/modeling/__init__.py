@@ -1,0 +1,4 @@
+"""The torch core: encoder models, losses, batch samplers, the drawings Dataset and the collective helpers.
+
+No dagster, mlflow or faiss import here (an import-linter contract in pyproject.toml checks it).
+"""

@@ -1,0 +1,1 @@
+"""From a trained encoder to answers: embeddings, the FAISS index, metrics, benchmark evaluation, search, plots."""

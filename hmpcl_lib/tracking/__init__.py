@@ -1,0 +1,15 @@
+"""Experiment tracking in MLflow and the experiments built on it.
+
+`mlflow_store` holds the MLflow helpers (one experiment, runs keyed by a content fingerprint, a registry with a
+`champion` alias); they are re-exported here, so `from hmpcl_lib import tracking; tracking.fingerprint(...)` works.
+`experiment` trains and evaluates tracked models, `sweep` runs variants x seeds, `cli` is the `hmpcl` command.
+"""
+
+from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, PromotionDecision, TrackingConfig, client,
+                                             current_champion, decide_promotion, experiment_id, find_run, fingerprint,
+                                             log_encoder, log_metrics_safe, promote_if_better, recent_runs, register,
+                                             registered_version_for_run, run_url, start_run)
+
+__all__ = ["CHAMPION", "FINGERPRINT_TAG", "PromotionDecision", "TrackingConfig", "client", "current_champion",
+           "decide_promotion", "experiment_id", "find_run", "fingerprint", "log_encoder", "log_metrics_safe",
+           "promote_if_better", "recent_runs", "register", "registered_version_for_run", "run_url", "start_run"]

@@ -1,0 +1,1 @@
+"""Training: the config, the loop, checkpoints and the `hmpcl-train` CLI (torch core: no dagster/mlflow/faiss)."""

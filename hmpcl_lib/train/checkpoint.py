@@ -1,0 +1,113 @@
+"""Training checkpoints: `checkpoints/last.pt` written atomically (model, loss, optimizer, scheduler, position in
+the epoch, every rank's RNG state, history), restored on resume only if config and data match; `encoder.pt` export."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmpcl_lib.errors import HmpclError
+from hmpcl_lib.io import atomic_path
+from hmpcl_lib.modeling import distributed as D
+from hmpcl_lib.modeling.models import Encoder
+from hmpcl_lib.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hmpcl-train-v1"
+# Fields that do not change the maths, so a resumed run may use other values.
+RESUME_FREE_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every_steps", "device"})
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Checkpointer:
+    def __init__(self, path, config, fingerprint, encoder, criterion, optimizer, scheduler):
+        self.path, self.config, self.fingerprint = path, config, fingerprint
+        self.encoder, self.criterion, self.optimizer, self.scheduler = encoder, criterion, optimizer, scheduler
+
+    def __call__(self, state: dict[str, Any], epoch: int, batches_done: int, rng_states: list[dict]) -> None:
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "data_fingerprint": self.fingerprint,
+            "encoder_config": self.encoder.config,
+            "model": self.encoder.state_dict(),
+            "loss": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "step": state["step"],
+            "history": list(state["history"]),
+            "epoch_loss_sum": state["epoch_loss_sum"],
+            "epoch_loss_count": state["epoch_loss_count"],
+            "rng": rng_states,
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(payload, tmp)
+        log.info("checkpoint: %s (epoch %d, batch %d, step %d)", self.path, epoch, batches_done, state["step"])
+
+
+def _save_everywhere(save: _Checkpointer | None, state: dict[str, Any], epoch: int, batches_done: int) -> None:
+    """Collect every rank's RNG state (each rank has its own dropout stream), rank 0 writes the file."""
+    rng = _rng_state()
+    if D.world_size() > 1:
+        states: list[Any] = [None] * D.world_size()
+        torch.distributed.all_gather_object(states, rng)
+    else:
+        states = [rng]
+    if save is not None:
+        save(state, epoch, batches_done, states)
+    if D.world_size() > 1:
+        torch.distributed.barrier()
+
+
+def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criterion, optimizer, scheduler,
+             rank: int) -> dict[str, Any]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
+    saved, wanted = ckpt["config"], config.to_dict()
+    diff = {k: (saved.get(k), v) for k, v in wanted.items() if k not in RESUME_FREE_FIELDS and saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise HmpclError(f"cannot resume from {path}: config differs ({detail}); use another out_dir or resume=False")
+    if ckpt["data_fingerprint"] != fingerprint:
+        raise HmpclError(f"cannot resume from {path}: the training table changed since the checkpoint was written")
+    encoder.load_state_dict(ckpt["model"])
+    criterion.load_state_dict(ckpt["loss"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    rng = ckpt["rng"]
+    if len(rng) != D.world_size():
+        log.warning("checkpoint holds RNG states of %d ranks, running with %d: RNG streams restart", len(rng),
+                    D.world_size())
+    _set_rng_state(rng[rank % len(rng)])
+    return {k: ckpt[k] for k in ("epoch", "batches_done", "step", "history", "epoch_loss_sum", "epoch_loss_count")}
+
+
+def _export_encoder(path: Path, encoder: Encoder, config: TrainConfig) -> None:
+    """The trained encoder alone (what embedding/search load with models.load_encoder)."""
+    with atomic_path(path) as tmp:
+        torch.save({"encoder_config": encoder.config, "model": encoder.state_dict(), "train_config": config.to_dict()}, tmp)

@@ -1,0 +1,118 @@
+"""`TrainConfig`: every field that defines a training run, its validation, and `config_from_strings`
+(FIELD=VALUE assignments typed like the CLI flags)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (all of it is stored in checkpoints and becomes a CLI flag)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "package"  # "package" | "none" | "hub" | path to a timm state dict
+    embed_dim: int | None = 256  # None: no projection head
+    head: str = "mlp"  # "mlp" | "linear"
+    loss: str = "hierarchical"  # "hierarchical" | "baseline"
+    target: str = "item"  # hierarchical target form: "item" (paper) | "level" | "cumulative" (see losses.py)
+    s_patent: float = 1.0
+    s_subclass: float = 0.5
+    s_class: float = 0.25
+    temperature: float = 0.07
+    learn_temperature: bool = False
+    batch_size: int = 64  # global batch: each of the DDP ranks draws batch_size / world_size
+    drawings_per_patent: int = 2
+    patents_per_subclass: int = 2
+    subclasses_per_class: int = 2
+    epochs: int = 3
+    steps_per_epoch: int | None = None  # None: the sampler's natural epoch length
+    lr: float = 3e-4  # head (and learnable temperature) learning rate
+    backbone_lr_mult: float = 0.1  # pretrained backbone learns slower than the fresh head
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
+    image_size: int = 128
+    grad_clip: float | None = 1.0
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (tiny per-device batches, exact DDP equivalence)
+    num_workers: int | None = None  # None: auto from the CPU count
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    log_every: int = 10
+    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        need(self.loss in ("hierarchical", "baseline"), f"loss must be 'hierarchical' or 'baseline', got {self.loss!r}")
+        need(self.head in ("mlp", "linear"), f"head must be 'mlp' or 'linear', got {self.head!r}")
+        from hmpcl_lib.modeling.losses import TARGETS, validate_scores
+
+        need(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
+
+        try:
+            validate_scores(self.s_patent, self.s_subclass, self.s_class)
+        except ValueError as e:
+            raise ValueError(f"TrainConfig: {e}") from None
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(self.embed_dim is None or self.embed_dim > 0, f"embed_dim must be > 0 or None, got {self.embed_dim}")
+        for name in ("batch_size", "drawings_per_patent", "patents_per_subclass", "subclasses_per_class",
+                     "epochs", "image_size", "log_every"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.drawings_per_patent >= 2, "drawings_per_patent must be >= 2 (a patent needs a positive pair)")
+        for name in ("steps_per_epoch", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            need(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(self.lr > 0 and self.backbone_lr_mult >= 0, "lr must be > 0 and backbone_lr_mult >= 0")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        need(self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag_type(hint: Any) -> Callable[[str], Any]:
+    """argparse converter for a dataclass field type (optional types accept 'none'/'auto')."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    base = args[0] if args else hint
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "auto", "null"):
+            return None
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return base(text)
+
+    convert.__name__ = getattr(base, "__name__", "value")
+    return convert
+
+
+def config_from_strings(assignments: list[str], base: TrainConfig | None = None) -> TrainConfig:
+    """`["epochs=4", "learn_temperature=true"]` applied to `base` (default TrainConfig()), typed like the CLI flags."""
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            raise ValueError(f"expected FIELD=VALUE with a TrainConfig field, got {item!r}")
+        try:
+            values[key] = _flag_type(hints[key])(text.strip())
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"bad value for {key}: {text!r} ({e})") from None
+    return dataclasses.replace(base or TrainConfig(), **values)
