@@ -14,3 +14,6 @@ defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
     dg.Definitions(resources={"store": DataStore(), "mlflow_tracking": MlflowTracking()}),
 )
+
+# The assets the loader found, once each (tests materialize them directly with `dg.materialize`).
+ALL_ASSETS = list({id(a): a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.keys}.values())

@@ -16,7 +16,7 @@ import pytest
 
 from hmpcl_lib import schemas
 from hmpcl_lib.io import write_parquet_atomic
-from pipelines import checks
+from pipelines.defs import checks
 from pipelines.defs.assets.retrieval import Benchmark, Embeddings
 from pipelines.defs.resources import DataStore
 
