@@ -11,6 +11,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
+from hmpcl_lib import tracking  # noqa: E402
 from hmpcl_lib.tracking import cli  # noqa: E402
 
 MODEL = "hmpcl-encoder"
@@ -96,7 +97,7 @@ def test_tracking_uri_defaults_to_env(store, capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "metrics", "--last", "1")
     assert code == 0 and "model-comparison" in out
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert cli.default_tracking_uri() == "sqlite:///mlflow.db"
+    assert tracking.default_tracking_uri() == "sqlite:///mlflow.db"
 
 
 def test_missing_store_is_a_clear_error_and_creates_nothing(tmp_path, capsys):

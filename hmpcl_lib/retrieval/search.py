@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.retrieval.index import VectorIndex
+from hmpcl_lib.tracking.mlflow_store import default_tracking_uri
 from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -191,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=os.environ.get("HMPCL_INDEX_DIR"),
                    help="index directory (default: the gallery_index of the model's MLflow run)")
     p.add_argument("--hierarchy", default=str(data / "parsed" / "lic_hierarchy.parquet"), help="lic_hierarchy Parquet")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    p.add_argument("--tracking-uri", default=default_tracking_uri())
     p.add_argument("--data-root", help="refuse query images outside this folder")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     p.add_argument("--device", default="cpu")

@@ -33,10 +33,6 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MISSING = "-"
 
 
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-
-
 # ---------------------------------------------------------------------------------------------------- formatting
 
 def format_value(value: Any, digits: int = 4) -> str:
@@ -262,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = tracking.TrackingConfig(tracking_uri=args.tracking_uri or default_tracking_uri(),
+    cfg = tracking.TrackingConfig(tracking_uri=args.tracking_uri or tracking.default_tracking_uri(),
                                   experiment=args.experiment, registered_model=args.registered_model)
     try:
         if args.command == "metrics":

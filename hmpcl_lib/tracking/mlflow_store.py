@@ -19,9 +19,19 @@ CHAMPION = "champion"
 FINGERPRINT_TAG = "hmpcl.fingerprint"
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the local sqlite store: the one default every entry point uses."""
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
     experiment: str = "hmpcl"
     registered_model: str = "hmpcl-encoder"
     artifact_root: str = "mlartifacts"

@@ -3,8 +3,10 @@ the epoch, every rank's RNG state, history), restored on resume only if config a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class TrainState:
+    """Where a run is: the epoch and batch it resumes at, the global step, the metric history and the running
+    epoch-loss sum. Checkpoints store exactly these fields next to the model and optimizer states."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "history": list(self.history)}
+
+
 class _Checkpointer:
     def __init__(self, path, config, fingerprint, encoder, criterion, optimizer, scheduler):
         self.path, self.config, self.fingerprint = path, config, fingerprint
         self.encoder, self.criterion, self.optimizer, self.scheduler = encoder, criterion, optimizer, scheduler
 
-    def __call__(self, state: dict[str, Any], epoch: int, batches_done: int, rng_states: list[dict]) -> None:
+    def __call__(self, state: TrainState, epoch: int, batches_done: int, rng_states: list[dict]) -> None:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
@@ -56,20 +74,17 @@ class _Checkpointer:
             "loss": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **state.to_dict(),
             "epoch": epoch,
             "batches_done": batches_done,
-            "step": state["step"],
-            "history": list(state["history"]),
-            "epoch_loss_sum": state["epoch_loss_sum"],
-            "epoch_loss_count": state["epoch_loss_count"],
             "rng": rng_states,
         }
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
-        log.info("checkpoint: %s (epoch %d, batch %d, step %d)", self.path, epoch, batches_done, state["step"])
+        log.info("checkpoint: %s (epoch %d, batch %d, step %d)", self.path, epoch, batches_done, state.step)
 
 
-def _save_everywhere(save: _Checkpointer | None, state: dict[str, Any], epoch: int, batches_done: int) -> None:
+def _save_everywhere(save: _Checkpointer | None, state: TrainState, epoch: int, batches_done: int) -> None:
     """Collect every rank's RNG state (each rank has its own dropout stream), rank 0 writes the file."""
     rng = _rng_state()
     if D.world_size() > 1:
@@ -84,7 +99,7 @@ def _save_everywhere(save: _Checkpointer | None, state: dict[str, Any], epoch: i
 
 
 def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criterion, optimizer, scheduler,
-             rank: int) -> dict[str, Any]:
+             rank: int) -> TrainState:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
@@ -104,7 +119,7 @@ def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criteri
         log.warning("checkpoint holds RNG states of %d ranks, running with %d: RNG streams restart", len(rng),
                     D.world_size())
     _set_rng_state(rng[rank % len(rng)])
-    return {k: ckpt[k] for k in ("epoch", "batches_done", "step", "history", "epoch_loss_sum", "epoch_loss_count")}
+    return TrainState(**{f.name: ckpt[f.name] for f in dataclasses.fields(TrainState)})
 
 
 def _export_encoder(path: Path, encoder: Encoder, config: TrainConfig) -> None:

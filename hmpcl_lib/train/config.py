@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (all of it is stored in checkpoints and becomes a CLI flag)."""
+    """Everything that defines a training run, and the one place its fields and defaults are written: checkpoints
+    store it, `hmpcl-train` makes a flag of every field, and the Dagster `trained_encoder` config is built from it."""
 
     backbone: str = "efficientnet_lite0"
     weights: str = "package"  # "package" | "none" | "hub" | path to a timm state dict
@@ -28,7 +29,7 @@ class TrainConfig:
     drawings_per_patent: int = 2
     patents_per_subclass: int = 2
     subclasses_per_class: int = 2
-    epochs: int = 3
+    epochs: int = 8
     steps_per_epoch: int | None = None  # None: the sampler's natural epoch length
     lr: float = 3e-4  # head (and learnable temperature) learning rate
     backbone_lr_mult: float = 0.1  # pretrained backbone learns slower than the fresh head
@@ -116,3 +117,9 @@ def config_from_strings(assignments: list[str], base: TrainConfig | None = None)
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise ValueError(f"bad value for {key}: {text!r} ({e})") from None
     return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def field_types() -> dict[str, tuple[Any, Any]]:
+    """{field: (type, default)} of TrainConfig, for building other config schemas (Dagster's) from it."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(TrainConfig)}

@@ -31,7 +31,7 @@ from hmpcl_lib.errors import HmpclError
 from hmpcl_lib.modeling import distributed as D
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform
-from hmpcl_lib.train.checkpoint import _Checkpointer, _export_encoder, _restore, _save_everywhere
+from hmpcl_lib.train.checkpoint import TrainState, _Checkpointer, _export_encoder, _restore, _save_everywhere
 from hmpcl_lib.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,11 @@ def train(
         total_steps = config.epochs * steps_per_epoch
         scheduler = _build_scheduler(optimizer, config, total_steps)
 
-        state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
+        state = TrainState()
         if resume and ckpt_path.exists():
             state = _restore(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, rank)
-            log.info("resuming from %s at epoch %d, batch %d (step %d)", ckpt_path, state["epoch"],
-                     state["batches_done"], state["step"])
+            log.info("resuming from %s at epoch %d, batch %d (step %d)", ckpt_path, state.epoch,
+                     state.batches_done, state.step)
 
         model: nn.Module = encoder
         if world > 1:
@@ -141,13 +141,13 @@ def train(
 
         is_main = rank == 0
         save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler) if is_main else None
-        progress = _progress(total_steps, state["step"], is_main)
+        progress = _progress(total_steps, state.step, is_main)
         window_start, window_images = time.perf_counter(), 0
 
-        for epoch in range(state["epoch"], config.epochs):
-            epoch_batches.epoch, epoch_batches.start = epoch, state["batches_done"]
-            if state["batches_done"] == 0:
-                state["epoch_loss_sum"], state["epoch_loss_count"] = 0.0, 0
+        for epoch in range(state.epoch, config.epochs):
+            epoch_batches.epoch, epoch_batches.start = epoch, state.batches_done
+            if state.batches_done == 0:
+                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
             _set_train_mode(encoder, config.freeze_bn)
             for images, indices in loader:
                 batch_labels = {k: v.to(device, non_blocking=True) for k, v in dataset.labels_of(indices).items()}
@@ -158,7 +158,7 @@ def train(
                                  batch_labels["class_label"])
                 step_loss = _mean_over_ranks(loss.detach())
                 if not math.isfinite(step_loss):
-                    raise TrainingDivergedError(state["step"] + 1, step_loss, ckpt_path if ckpt_path.exists() else None)
+                    raise TrainingDivergedError(state.step + 1, step_loss, ckpt_path if ckpt_path.exists() else None)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 _sync_loss_grads(criterion)
@@ -168,14 +168,14 @@ def train(
                 lr_now = optimizer.param_groups[-1]["lr"]
                 scheduler.step()
 
-                state["step"] += 1
-                state["batches_done"] += 1
-                state["epoch_loss_sum"] += step_loss
-                state["epoch_loss_count"] += 1
+                state.step += 1
+                state.batches_done += 1
+                state.epoch_loss_sum += step_loss
+                state.epoch_loss_count += 1
                 window_images += images.shape[0] * world
                 progress.update(1)
-                end_of_epoch = state["batches_done"] == steps_per_epoch
-                report = state["step"] % config.log_every == 0 or end_of_epoch
+                end_of_epoch = state.batches_done == steps_per_epoch
+                report = state.step % config.log_every == 0 or end_of_epoch
                 if report:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     metrics = {
@@ -186,30 +186,30 @@ def train(
                         "images_per_s": window_images / elapsed,
                     }
                     window_start, window_images = time.perf_counter(), 0
-                    state["history"].append({"step": state["step"], "epoch": epoch, **metrics})
-                if not end_of_epoch and config.checkpoint_every_steps and state["step"] % config.checkpoint_every_steps == 0:
-                    _save_everywhere(save, state, epoch, state["batches_done"])
+                    state.history.append({"step": state.step, "epoch": epoch, **metrics})
+                if not end_of_epoch and config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
+                    _save_everywhere(save, state, epoch, state.batches_done)
                 if report:
                     if is_main:
                         progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
-                        log.info("step %d epoch %d loss %.4f lr %.2e %.1f img/s", state["step"], epoch, step_loss,
+                        log.info("step %d epoch %d loss %.4f lr %.2e %.1f img/s", state.step, epoch, step_loss,
                                  lr_now, metrics["images_per_s"])
                         if on_metrics:
-                            on_metrics(state["step"], metrics)
-            epoch_loss = state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1)
-            state["history"].append({"step": state["step"], "epoch": epoch, "epoch_loss": epoch_loss})
+                            on_metrics(state.step, metrics)
+            epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
+            state.history.append({"step": state.step, "epoch": epoch, "epoch_loss": epoch_loss})
             if is_main:
                 log.info("epoch %d done: mean loss %.4f", epoch, epoch_loss)
-            state["batches_done"] = 0
+            state.batches_done = 0
             _save_everywhere(save, state, epoch + 1, 0)  # durable first, then report
             if is_main and on_metrics:
-                on_metrics(state["step"], {"epoch_loss": epoch_loss, "epoch": float(epoch)})
+                on_metrics(state.step, {"epoch_loss": epoch_loss, "epoch": float(epoch)})
         progress.close()
 
         encoder.eval()
         if is_main:
             _export_encoder(out_dir / "encoder.pt", encoder, config)
-        return TrainResult(model=encoder, checkpoint_path=ckpt_path, history=state["history"], config=config)
+        return TrainResult(model=encoder, checkpoint_path=ckpt_path, history=state.history, config=config)
     finally:
         if started_dist and D.is_dist():
             torch.distributed.destroy_process_group()

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from hmpcl_lib.tracking import TrackingConfig
+from hmpcl_lib.tracking import TrackingConfig, default_tracking_uri
 
 
 def _env(name: str, default: str) -> str:
@@ -101,7 +101,7 @@ class DataStore(dg.ConfigurableResource):
 class MlflowTracking(dg.ConfigurableResource):
     """Our MLflow resource (dagster-mlflow is the old resource style): tracking URI, experiment and registry names."""
 
-    tracking_uri: str = Field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    tracking_uri: str = Field(default_factory=default_tracking_uri)
     experiment: str = "hmpcl"
     registered_model: str = "hmpcl-encoder"
     artifact_root: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_ARTIFACTS", "mlartifacts"))

@@ -13,12 +13,12 @@ from hmpcl_lib import tracking
 from hmpcl_lib.tracking.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
                                   load_model, log_benchmark, overall_metrics, paired_intervals, train_tracked)
 from hmpcl_lib.io import file_sha256
+from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown, markdown_table, table_metadata
 from pipelines.defs.resources import DataStore, MlflowTracking
 
-HEADLINE = ["patent_map", "patent_recall_at_1", "patent_recall_at_5", "patent_recall_at_10", "patent_mrr_at_10",
-            "subclass_map_at_100", "class_map_at_100", "graded_ndcg_at_10"]
+HEADLINE = METRIC_COLUMNS  # the benchmark metrics shown in Dagster and logged for comparisons
 
 
 def _clean(meta: dict) -> dict:

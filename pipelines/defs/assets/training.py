@@ -4,42 +4,23 @@ process through Dagster Pipes (see pipelines/launchers.py and docs/DEPLOY.md).""
 
 import dataclasses
 import warnings
-from typing import Optional
 
 import dagster as dg
+import pydantic
 
 from hmpcl_lib.tracking.experiment import TrainedModel
-from hmpcl_lib.train.config import TrainConfig
+from hmpcl_lib.train.config import TrainConfig, field_types
 from pipelines.defs.assets.data import splits
 from pipelines.launchers import GPU_POD_TAGS, trained_model_from_metadata
 from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 
 
-class TrainingConfig(dg.Config):
-    """Every knob of `hmpcl_lib.train.config.TrainConfig` that a user may set from the launchpad."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"
-    loss: str = "hierarchical"
-    target: str = "item"
-    s_patent: float = 1.0
-    s_subclass: float = 0.5
-    s_class: float = 0.25
-    temperature: float = 0.07
-    learn_temperature: bool = False
-    embed_dim: int = 256
-    batch_size: int = 64
-    epochs: int = 8
-    steps_per_epoch: Optional[int] = None
-    lr: float = 3e-4
-    image_size: int = 128
-    seed: int = 0
+class TrainingConfig(pydantic.create_model("TrainConfigFields", __base__=dg.Config, **field_types())):
+    """Every field of `hmpcl_lib.train.config.TrainConfig`, with its defaults: the launchpad, `hmpcl-train` and
+    checkpoints share one definition. Values are validated by TrainConfig when the asset runs."""
 
     def to_train_config(self, **overrides) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        values = {k: v for k, v in self.model_dump().items() if k in known}
-        values.update(overrides)
-        return TrainConfig(**values)
+        return TrainConfig(**{**self.model_dump(), **overrides})
 
 
 # The launcher is bound on the asset so every caller (definitions, tests, `dg.materialize`) gets a working default;
