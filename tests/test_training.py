@@ -230,3 +230,13 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
 def test_huge_learning_rate_diverges_cleanly(tmp_path, drawing_table):
     with pytest.raises(TrainingDivergedError, match="diverged at step"):
         train(tiny_config(lr=1e30, backbone_lr_mult=1.0, grad_clip=None, weight_decay=0.0, epochs=3), drawing_table, tmp_path)
+
+
+def test_one_device_rule_refuses_cuda_without_cuda(monkeypatch):
+    from hmpcl_lib.modeling.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device(None) == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:0")

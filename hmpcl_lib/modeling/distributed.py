@@ -5,8 +5,31 @@ Every helper works (and is a cheap no-op) when torch.distributed is unavailable 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
+
+
+def local_rank() -> int:
+    """This process's GPU slot on its node (torchrun's LOCAL_RANK; 0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The one device rule: "auto" (or None) is this rank's GPU when CUDA is there, else the CPU; "cuda" without an
+    index is this rank's GPU; asking for CUDA where there is none is an error, not a silent CPU run."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+        if resolved.index is None:
+            resolved = torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return resolved
 
 
 def is_dist() -> bool:

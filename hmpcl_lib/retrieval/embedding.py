@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from hmpcl_lib.modeling.distributed import resolve_device
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.io import write_parquet_atomic
@@ -41,12 +42,6 @@ class EmbedStats:
     device: str = ""
     batch_size: int = 0
     num_workers: int = 0
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def default_num_workers(n_images: int, batch_size: int) -> int:

@@ -145,15 +145,6 @@ def _distributed_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _device_for_rank(device: str) -> str:
-    """Under torchrun each rank takes its own GPU (LOCAL_RANK) when CUDA is there."""
-    import torch
-
-    if device == "auto" and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return device
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hmpcl_lib.retrieval.sharded_embedding",
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"cannot read drawings table ({exc})", source=args.table) from exc
     model = load_encoder(args.model_checkpoint)
     path = embed_shard(model, table, args.out, rank, world, args.mode, image_size=args.image_size,
-                       batch_size=args.batch_size, device=_device_for_rank(args.device),
+                       batch_size=args.batch_size, device=args.device,
                        num_workers=args.num_workers, float16=args.float16)
     if args.merge:
         if env_world > 1:  # under torchrun: wait until every rank's shard is on disk

@@ -98,7 +98,7 @@ def train(
     try:
         paths, labels = _table_columns(table)
         fingerprint = _data_fingerprint(paths, labels)
-        device = _resolve_device(config.device)
+        device = D.resolve_device(config.device)
         _seed_everything(config.seed + rank)
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
@@ -367,28 +367,13 @@ def _data_fingerprint(paths: list[str], labels: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
 def _init_distributed() -> bool:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA). True if we started it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or D.is_dist():
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(D.local_rank())
     torch.distributed.init_process_group(backend=backend)
     return True
 
