@@ -15,10 +15,11 @@ from pipelines.defs.resources import DataStore
 YEARS = [str(y) for y in range(2007, 2021)]
 year_partitions = dg.StaticPartitionsDefinition(YEARS)
 
-download_retry = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
-@dg.asset(partitions_def=year_partitions, group_name="data", retry_policy=download_retry, kinds={"python"})
+# One retry layer: the library retries each download with backoff and resumes it (hmpcl_lib.sources.dataverse), so
+# the asset has no RetryPolicy on top (that multiplied the tries: 4 asset attempts x 6 downloads).
+@dg.asset(partitions_def=year_partitions, group_name="data", kinds={"python"})
 def raw_archives(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """The year's DeepPatent2 archive parts (`YYYY.aa`, `YYYY.ab`, ...): downloaded from Harvard Dataverse with
     resume and checksum checks, or generated offline when the store's source is the sample corpus. The year's lock
