@@ -37,6 +37,7 @@ def env(tmp_path_factory):
     assert dg.materialize([lic_codes, lic_hierarchy, splits], resources=resources, instance=instance).success
     run_config = {"ops": {"trained_encoder": {"config": TINY_TRAINING}}}
     result = dg.materialize([trained_encoder], resources=resources, instance=instance, run_config=run_config)
+    mlflow.set_tracking_uri(tracking.tracking_uri)  # the tests read the store through MLflow's fluent API
     return {"store": store, "tracking": tracking, "resources": resources, "instance": instance,
             "run_config": run_config, "result": result}
 

@@ -5,7 +5,7 @@
 `experiment` trains and evaluates tracked models, `sweep` runs variants x seeds, `cli` is the `hmpcl` command.
 """
 
-from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, PromotionDecision, TrackingConfig, client,
+from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, PromotionDecision, TrackingConfig, activate, client,
                                              default_tracking_uri, DEFAULT_TRACKING_URI,
                                              current_champion, decide_promotion, experiment_id, find_run, fingerprint,
                                              log_encoder, log_metrics_safe, promote_if_better, recent_runs, register,
@@ -14,4 +14,4 @@ from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, Promotio
 __all__ = ["CHAMPION", "FINGERPRINT_TAG", "PromotionDecision", "TrackingConfig", "client", "current_champion",
            "decide_promotion", "experiment_id", "find_run", "fingerprint", "log_encoder", "log_metrics_safe",
            "promote_if_better", "recent_runs", "register", "registered_version_for_run", "run_url", "start_run",
-           "default_tracking_uri", "DEFAULT_TRACKING_URI"]
+           "default_tracking_uri", "DEFAULT_TRACKING_URI", "activate"]

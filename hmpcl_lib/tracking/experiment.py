@@ -87,7 +87,7 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
 def load_model(model_uri: str, cfg: tracking.TrackingConfig):
     import mlflow.pytorch
 
-    tracking.client(cfg)
+    tracking.activate(cfg)
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
@@ -104,7 +104,7 @@ def log_benchmark(result, run_id: str | None, cfg: tracking.TrackingConfig, name
     if run_id is None:
         return overall
     prefix = PROTOCOL_PREFIX[result.protocol]
-    tracking.client(cfg)
+    tracking.activate(cfg)
     with mlflow.start_run(run_id=run_id):
         tracking.log_metrics_safe({prefix + k: v for k, v in overall.items()})
         per_class = result.metrics.filter(pl.col("scope") != "all")
@@ -132,7 +132,8 @@ def per_query_artifact(run_id: str, cfg: tracking.TrackingConfig, protocol: str)
     if not names:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names[0], dst_path=tmp))
+        return pl.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names[0], dst_path=tmp,
+                                                                   tracking_uri=cfg.tracking_uri))
 
 
 def overall_metrics(metrics: pl.DataFrame) -> dict[str, float]:

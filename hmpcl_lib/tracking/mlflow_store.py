@@ -45,10 +45,18 @@ def fingerprint(*parts: Any) -> str:
 
 
 def client(cfg: TrackingConfig):
+    """An MlflowClient on `cfg`'s store (no global state is touched)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+
+
+def activate(cfg: TrackingConfig) -> None:
+    """Point MLflow's fluent API (start_run, log_*, load_model, register_model) at `cfg`'s store: the one place the
+    process-wide tracking URI is set, called explicitly before fluent calls."""
     import mlflow
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
 
 
 def experiment_id(cfg: TrackingConfig) -> str:
@@ -84,6 +92,7 @@ def start_run(cfg: TrackingConfig, run_name: str, fp: str | None = None, tags: d
     all_tags = dict(tags or {})
     if fp:
         all_tags[FINGERPRINT_TAG] = fp
+    activate(cfg)
     with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=all_tags, nested=nested) as run:
         yield run
 
@@ -147,7 +156,7 @@ def register(cfg: TrackingConfig, run_id: str, model_uri: str, tags: dict[str, s
     existing = registered_version_for_run(cfg, run_id)
     if existing is not None:
         return existing
-    client(cfg)
+    activate(cfg)
     return mlflow.register_model(model_uri, cfg.registered_model, tags=tags)
 
 

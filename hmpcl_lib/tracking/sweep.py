@@ -190,7 +190,7 @@ def _log_child(cfg, parent_id: str, variant: str, seed: int, config, frame: pl.D
 
     from hmpcl_lib import tracking
 
-    tracking.experiment_id(cfg)
+    tracking.activate(cfg)
     with mlflow.start_run(run_id=parent_id):
         with tracking.start_run(cfg, run_name=f"{variant}-seed{seed}", nested=True,
                                 tags={"hmpcl.stage": "sweep", "hmpcl.variant": variant,

@@ -133,6 +133,7 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
         out = Path(tmp)
         files = _plots(result, trained_encoder.variant, out)
         grids = _query_grids(result, hier, out)
+        tracking.activate(cfg)
         with mlflow.start_run(run_id=trained_encoder.run_id):
             for f in [*files.values(), *grids]:
                 mlflow.log_artifact(str(f), artifact_path="plots")
@@ -243,6 +244,7 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
         table.write_parquet(out / "comparison.parquet")
         intervals.write_parquet(out / "paired_intervals.parquet")
         existing = tracking.find_run(cfg, fp)
+        tracking.activate(cfg)
         run_ctx = (mlflow.start_run(run_id=existing.info.run_id) if existing is not None
                    else tracking.start_run(cfg, "model-comparison", fp=fp, tags={"hmpcl.stage": "comparison"}))
         with run_ctx as run:
