@@ -28,7 +28,7 @@ from PIL import Image
 from hmpcl_lib.sources import deeppatent2 as dp
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
-from test_deeppatent2 import _split as split  # noqa: F401 - the same part writer
+from test_deeppatent2 import _split as split, _tar_bytes as tar_bytes  # the same part and tar writers
 
 A, B = "USD0836880-20190101", "USD0836881-20190108"  # two design grants of 2019
 
@@ -49,16 +49,6 @@ def record(patent: str, fig: int, sub: int | None = None, rid: int = 1, **extra)
         "object_title": "Pet treat", "x_figure": 614, "y_figure": 91, "w_figure": 969, "h_figure": 2740,
         "W_label": 0.0439147, "H_label": 0.0502626, "L_label": 0.119197, "T_label": 0.9121, **extra,
     }
-
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def zip_bytes(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
