@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from hmpcl_lib.sample.spec import SampleSpec
 from hmpcl_lib.tracking import TrackingConfig, default_tracking_uri
 
 
@@ -31,22 +32,21 @@ class DataStore(dg.ConfigurableResource):
                                description="folder of USPTO weekly grant XML files (ipgYYMMDD.xml) for real data")
     max_bad_fraction: float = 0.05
     min_lic_coverage: float = Field(default=0.9, description="lic_hierarchy check: share of drawings with a LIC code")
-    sample_n_classes: int = 8
-    sample_subclasses_per_class: int = 4
-    sample_patents_per_subclass: int = 10
-    sample_views_min: int = 4
-    sample_views_max: int = 8
-    sample_years: list[int] = [2019, 2020]
-    sample_image_size: int = 128
-    sample_seed: int = 0
+    # the generated corpus's size: SampleSpec's own defaults, settable from the launchpad
+    sample_n_classes: int = SampleSpec.n_classes
+    sample_subclasses_per_class: int = SampleSpec.subclasses_per_class
+    sample_patents_per_subclass: int = SampleSpec.patents_per_subclass
+    sample_views_min: int = SampleSpec.views[0]
+    sample_views_max: int = SampleSpec.views[1]
+    sample_years: list[int] = list(SampleSpec.years)
+    sample_image_size: int = SampleSpec.image_size
+    sample_seed: int = SampleSpec.seed
 
     @property
     def base(self) -> Path:
         return Path(self.root).expanduser().resolve()
 
-    def sample_spec(self):
-        from hmpcl_lib.sample import SampleSpec
-
+    def sample_spec(self) -> SampleSpec:
         return SampleSpec(n_classes=self.sample_n_classes, subclasses_per_class=self.sample_subclasses_per_class,
                           patents_per_subclass=self.sample_patents_per_subclass,
                           views=(self.sample_views_min, self.sample_views_max), years=tuple(self.sample_years),
