@@ -104,3 +104,12 @@ def test_sweep_resumes_from_saved_runs(tmp_path, monkeypatch):
     monkeypatch.setattr("hmpcl_lib.train.loop.train", lambda *a, **k: pytest.fail("trained again"))
     frame = sweep.run_sweep(pl.DataFrame(), pl.DataFrame(), {"baseline": {"loss": "baseline"}}, [0], None, tmp_path)
     assert frame.equals(saved)
+
+
+def test_pooled_features_are_compared_with_the_baselines_head_features():
+    head = pl.concat([_runs("baseline", 0, 0.0), _runs("ft", 0, 0.02)])
+    pooled = _runs("ft", 0, -0.1).with_columns(features=pl.lit("pooled"))
+    summary = sweep.summarise(pl.concat([head, pooled]), features="pooled")
+    row = summary.row(0, named=True)
+    assert (row["variant"], row["features"]) == ("ft", "pooled")
+    assert row["patent_map_diff"] == pytest.approx(-0.1)

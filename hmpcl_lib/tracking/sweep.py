@@ -105,10 +105,10 @@ def summarise(frame: pl.DataFrame, baseline: str = "baseline", protocol: str = "
     (`<m>_mean`, `<m>_sd`, `<m>_diff`, `<m>_low`, `<m>_high`), so callers format them as they like."""
     metrics = list(metrics)
     frame = frame.filter(pl.col("protocol") == protocol)
+    base_runs = frame.filter((pl.col("variant") == baseline) & (pl.col("features") == "head"))
     if features is not None:
         frame = frame.filter(pl.col("features") == features)
     per_run = overall(frame)
-    base_runs = frame.filter((pl.col("variant") == baseline) & (pl.col("features") == "head"))
     rows = []
     for (variant, feats), runs in per_run.group_by("variant", "features", maintain_order=True):
         row: dict[str, Any] = {"variant": variant, "features": feats, "seeds": runs["seed"].n_unique()}

@@ -19,7 +19,9 @@ class TrainConfig:
     embed_dim: int | None = 256  # None: no projection head
     head: str = "mlp"  # "mlp" | "linear"
     loss: str = "hierarchical"  # "hierarchical" | "baseline"
-    target: str = "item"  # hierarchical target form: "item" (paper) | "level" | "cumulative" (see losses.py)
+    # hierarchical target form (losses.py): "cumulative" (default: the winner of `hmpcl sweep`, see README) | "item"
+    # (the paper's per-item weights) | "level"
+    target: str = "cumulative"
     s_patent: float = 1.0
     s_subclass: float = 0.5
     s_class: float = 0.25
