@@ -176,7 +176,7 @@ def _parent_run(cfg, name: str, variants: dict, seeds: list[int], base) -> str:
     from hmpcl_lib import tracking
 
     fp = tracking.fingerprint("sweep", name, variants, seeds, dataclasses.asdict(base))
-    run = tracking.find_run(cfg, fp, status="RUNNING") or tracking.find_run(cfg, fp)
+    run = tracking.find_run(cfg, fp)  # the parent is closed at once; children are added to it by run id
     if run is not None:
         return run.info.run_id
     with tracking.start_run(cfg, run_name=name, fp=fp, tags={"hmpcl.stage": "sweep"}) as parent:
