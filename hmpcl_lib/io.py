@@ -41,3 +41,19 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
+
+
+MARKDOWN_WIDTH = 65_535  # polars' largest table width; wider values make it panic
+
+
+def markdown_table(df, max_rows: int = 10, float_digits: int = 4, max_chars: int = 60) -> str:
+    """The first `max_rows` rows as a GitHub-flavoured markdown table, rendered by polars itself (pipes and line
+    breaks in text escaped, long text cut at `max_chars`, missing values shown as `null`)."""
+    import polars as pl
+
+    head = df.head(max_rows).with_columns(
+        pl.col(pl.String).str.replace_all("|", "\\|", literal=True).str.replace_all("\n", " ", literal=True))
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   tbl_rows=max(max_rows, 1), tbl_cols=-1, float_precision=float_digits, fmt_str_lengths=max_chars,
+                   tbl_width_chars=MARKDOWN_WIDTH, fmt_table_cell_list_len=-1):
+        return str(head)

@@ -1,4 +1,5 @@
-"""Dagster metadata for tables and runs: row count, column schema, a markdown preview, links."""
+"""Dagster metadata for tables and runs: row count, column schema, a markdown preview (`hmpcl_lib.io.markdown_table`),
+links."""
 
 from __future__ import annotations
 
@@ -7,22 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-
-def markdown_table(df: pl.DataFrame, max_rows: int = 10, float_digits: int = 4) -> str:
-    """A GitHub-flavoured markdown table of the first rows (what the Dagster UI renders inline)."""
-    head = df.head(max_rows)
-
-    def cell(v) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.{float_digits}f}"
-        text = str(v).replace("|", "\\|").replace("\n", " ")
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
-    return "\n".join(lines)
+from hmpcl_lib.io import markdown_table
 
 
 def table_metadata(df: pl.DataFrame, path: Path | None = None, preview_rows: int = 5) -> dict:

@@ -21,8 +21,7 @@ from typing import Any, Mapping
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from hmpcl_lib import tracking
-from hmpcl_lib.tracking.experiment import TrainedModel, train_rows, train_tracked
-from hmpcl_lib.io import file_sha256
+from hmpcl_lib.tracking.experiment import TrainedModel, train_fingerprint, train_rows, train_tracked
 from hmpcl_lib.train.config import TrainConfig
 
 REQUIRED_EXTRAS = ("train_config", "hierarchy_path", "splits_path", "out_dir", "tracking")
@@ -98,8 +97,7 @@ def run_follower(extras: Mapping[str, Any]) -> None:
     from hmpcl_lib.train.loop import train
 
     config, tracking_cfg = parse_extras(extras)
-    params = dataclasses.asdict(config)
-    fp = tracking.fingerprint("train", params, file_sha256(extras["hierarchy_path"]), file_sha256(extras["splits_path"]))
+    fp = train_fingerprint(config, extras["hierarchy_path"], extras["splits_path"])
     if extras.get("reuse", True) and _finished_run_exists(tracking_cfg, fp):
         return  # rank 0 reuses the finished run too: nobody trains
     rows = train_rows(pl.read_parquet(extras["hierarchy_path"]), pl.read_parquet(extras["splits_path"]))

@@ -19,7 +19,7 @@ def main() -> int:
     if not os.environ.get("DAGSTER_HOME"):
         sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/.dagster")
     from pipelines.definitions import defs
-    from pipelines.metadata import markdown_table
+    from hmpcl_lib.io import markdown_table
     from pipelines.defs.resources import DataStore
 
     store = DataStore()

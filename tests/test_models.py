@@ -154,3 +154,18 @@ def test_train_transform_is_random_but_seedable():
     assert a.shape == (3, 48, 48)
     torch.testing.assert_close(a, b)
     assert not torch.equal(a, c)
+
+
+def test_load_encoder_names_a_missing_or_foreign_file(tmp_path):
+    from hmpcl_lib.errors import InputError
+
+    with pytest.raises(InputError, match="model file not found") as missing:
+        load_encoder(tmp_path / "nope.pt")
+    assert "nope.pt" in str(missing.value)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(InputError, match="not an hmpcl encoder file") as foreign:
+        load_encoder(tmp_path / "foreign.pt")
+    assert "foreign.pt" in str(foreign.value)
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="cannot load the model file"):
+        load_encoder(tmp_path / "garbage.pt")

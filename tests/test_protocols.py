@@ -93,7 +93,9 @@ def test_summary_means_over_seeds_and_paired_difference_to_the_baseline():
     assert better["patent_map_diff"] == pytest.approx(0.05)
     assert better["patent_map_low"] == pytest.approx(0.05) and better["pareto"] and not base["pareto"]
     text = sweep.markdown(summary)
-    assert "| better | head | 2 |" in text and "Δ +0.050" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()]
+    assert rows[0][:3] == ["variant", "features", "seeds"] and set(rows[1][0]) <= {"-", ":"}
+    assert ["better", "head", "2"] in [r[:3] for r in rows[2:]] and "Δ +0.050" in text
 
 
 def test_sweep_resumes_from_saved_runs(tmp_path, monkeypatch):

@@ -135,11 +135,22 @@ def rebuild_encoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor])
 
 
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Encoder:
-    """Load an Encoder from a training checkpoint (`last.pt`) or an exported `encoder.pt`."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "encoder_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not an hmpcl encoder file (needs 'encoder_config' and 'model')")
-    return rebuild_encoder(ckpt["encoder_config"], ckpt["model"]).eval()
+    """The one file loader: a training checkpoint (`last.pt`), an exported `encoder.pt` (both `encoder_config` +
+    `model`) or a torch.save'd Encoder module, in eval mode. A missing or foreign file is an InputError naming it.
+    (MLflow model URIs load through `hmpcl_lib.tracking.load_model`.)"""
+    from hmpcl_lib.errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError("model file not found", source=str(path))
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise InputError(f"cannot load the model file ({type(exc).__name__}: {exc})", source=str(path)) from exc
+    if isinstance(obj, torch.nn.Module):
+        return obj.eval()
+    if isinstance(obj, dict) and "encoder_config" in obj and "model" in obj:
+        return rebuild_encoder(obj["encoder_config"], obj["model"]).eval()
+    raise InputError("not an hmpcl encoder file (needs an nn.Module or 'encoder_config' + 'model')", source=str(path))
 
 
 def package_lite0_state_dict() -> dict[str, torch.Tensor]:

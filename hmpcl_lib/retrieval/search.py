@@ -26,7 +26,7 @@ from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.retrieval.index import VectorIndex
 from hmpcl_lib.tracking.mlflow_store import default_tracking_uri
-from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_encoder
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
@@ -65,23 +65,6 @@ def open_query_image(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return load_drawing(str(resolved), "RGB")
-
-
-def load_checkpoint_model(path: str | os.PathLike) -> torch.nn.Module:
-    """A torch.save'd Encoder, or a dict with `encoder_config` + `model` (state dict), as training writes."""
-    from hmpcl_lib.modeling.models import rebuild_encoder
-
-    if not Path(path).is_file():
-        raise InputError("model checkpoint not found", source=str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise InputError(f"cannot load model checkpoint ({type(exc).__name__}: {exc})", source=str(path)) from exc
-    if isinstance(obj, torch.nn.Module):
-        return obj.eval()
-    if isinstance(obj, dict) and "encoder_config" in obj and "model" in obj:
-        return rebuild_encoder(obj["encoder_config"], obj["model"]).eval()
-    raise InputError("not an encoder checkpoint (needs an nn.Module or 'encoder_config' + 'model')", source=str(path))
 
 
 class Searcher:
@@ -146,15 +129,10 @@ class Searcher:
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.model_checkpoint:
-        return load_checkpoint_model(args.model_checkpoint)
-    import mlflow  # noqa: PLC0415 - only the MLflow path needs it
-    import mlflow.pytorch  # noqa: PLC0415
+        return load_encoder(args.model_checkpoint)
+    from hmpcl_lib import tracking  # noqa: PLC0415 - only the MLflow path needs it
 
-    mlflow.set_tracking_uri(args.tracking_uri)
-    try:
-        return mlflow.pytorch.load_model(args.model_uri, map_location="cpu").eval()
-    except mlflow.exceptions.MlflowException as exc:
-        raise InputError(f"cannot load the model from {args.tracking_uri}: {exc}", source=args.model_uri) from exc
+    return tracking.load_model(tracking.TrackingConfig(tracking_uri=args.tracking_uri), args.model_uri)
 
 
 def _model_run_id(model_uri: str, tracking_uri: str) -> str | None:

@@ -42,6 +42,13 @@ def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     return hierarchy.join(train_ids, on="drawing_id", how="semi").sort("drawing_id")
 
 
+def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Path) -> str:
+    """The identity of a training run: its config and the exact input tables. Every process that decides whether to
+    train (the Pipes script on every DDP rank, `train_tracked`) computes it here, so they cannot disagree."""
+    return tracking.fingerprint("train", dataclasses.asdict(config), file_sha256(hierarchy_path),
+                                file_sha256(splits_path))
+
+
 def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, out_dir: str | Path,
                   cfg: tracking.TrackingConfig, variant: str | None = None,
                   on_metrics: MetricsCallback | None = None, reuse: bool = True) -> TrainedModel:
@@ -52,7 +59,7 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
 
     variant = variant or config.loss
     params = dataclasses.asdict(config)
-    fp = tracking.fingerprint("train", params, file_sha256(hierarchy_path), file_sha256(splits_path))
+    fp = train_fingerprint(config, hierarchy_path, splits_path)
     if reuse and (run := tracking.find_run(cfg, fp)) is not None:
         log.info("reusing finished MLflow run %s (same config and data, fingerprint %s)", run.info.run_id, fp)
         return TrainedModel(run.info.run_id, run.data.tags.get("hmpcl.model_uri", f"runs:/{run.info.run_id}/model"),
@@ -82,13 +89,6 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
         mlflow.set_tags({"hmpcl.model_uri": model_uri, "hmpcl.checkpoint": str(result.checkpoint_path)})
         return TrainedModel(run.info.run_id, model_uri, str(result.checkpoint_path), fp, False, final_loss, variant,
                             params)
-
-
-def load_model(model_uri: str, cfg: tracking.TrackingConfig):
-    import mlflow.pytorch
-
-    tracking.activate(cfg)
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
 PROTOCOL_PREFIX = {"deeppatent": "", "leave_one_out": "loo."}  # MLflow metric names: headline unprefixed

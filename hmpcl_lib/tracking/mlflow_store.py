@@ -59,6 +59,21 @@ def activate(cfg: TrackingConfig) -> None:
     mlflow.set_tracking_uri(cfg.tracking_uri)
 
 
+def load_model(cfg: TrackingConfig, model_uri: str):
+    """The encoder logged at `model_uri` (`runs:/…`, `models:/name@alias`, `models:/name/3`) in eval mode on the CPU;
+    an unknown URI is an InputError naming it. (Files load through `hmpcl_lib.modeling.models.load_encoder`.)"""
+    import mlflow
+    import mlflow.pytorch
+
+    from hmpcl_lib.errors import InputError
+
+    activate(cfg)
+    try:
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    except mlflow.exceptions.MlflowException as exc:
+        raise InputError(f"cannot load the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
+
+
 def experiment_id(cfg: TrackingConfig) -> str:
     """Get or create the experiment, with artifacts in `artifact_root` (not the deprecated ./mlruns default)."""
     c = client(cfg)

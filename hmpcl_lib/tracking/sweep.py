@@ -135,21 +135,21 @@ def summarise(frame: pl.DataFrame, baseline: str = "baseline", protocol: str = "
 
 def markdown(summary: pl.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> str:
     """The summary as a markdown table: mean ± sd, and Δ to the baseline with its 95 % interval."""
+    from hmpcl_lib.io import markdown_table
+
+    def cell(r: dict, m: str) -> str:
+        text = f"{r[f'{m}_mean']:.3f}"
+        if r.get(f"{m}_sd") is not None:
+            text += f" ± {r[f'{m}_sd']:.3f}"
+        if r.get(f"{m}_diff") is not None:
+            text += f" (Δ {r[f'{m}_diff']:+.3f} [{r[f'{m}_low']:+.3f}, {r[f'{m}_high']:+.3f}])"
+        return text
+
     metrics = list(metrics)
-    head = ["variant", "features", "seeds", *metrics, "Pareto"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summary.iter_rows(named=True):
-        cells = [r["variant"], r["features"], str(r["seeds"])]
-        for m in metrics:
-            text = f"{r[f'{m}_mean']:.3f}"
-            if r.get(f"{m}_sd") is not None:
-                text += f" ± {r[f'{m}_sd']:.3f}"
-            if r.get(f"{m}_diff") is not None:
-                text += f" (Δ {r[f'{m}_diff']:+.3f} [{r[f'{m}_low']:+.3f}, {r[f'{m}_high']:+.3f}])"
-            cells.append(text)
-        cells.append("yes" if r["pareto"] else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [{"variant": r["variant"], "features": r["features"], "seeds": str(r["seeds"]),
+             **{m: cell(r, m) for m in metrics}, "Pareto": "yes" if r["pareto"] else ""}
+            for r in summary.iter_rows(named=True)]
+    return markdown_table(pl.DataFrame(rows), max_rows=len(rows), max_chars=200)
 
 
 def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str, dict[str, Any]],

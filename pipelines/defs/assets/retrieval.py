@@ -11,11 +11,12 @@ import polars as pl
 
 from hmpcl_lib import tracking
 from hmpcl_lib.tracking.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
-                                  load_model, log_benchmark, overall_metrics, paired_intervals, train_tracked)
+                                  log_benchmark, overall_metrics, paired_intervals, train_tracked)
 from hmpcl_lib.io import file_sha256
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
 from pipelines.launchers import GPU_POD_TAGS
-from pipelines.metadata import image_markdown, markdown_table, table_metadata
+from hmpcl_lib.io import markdown_table
+from pipelines.metadata import image_markdown, table_metadata
 from pipelines.defs.resources import DataStore, MlflowTracking
 
 HEADLINE = METRIC_COLUMNS  # the benchmark metrics shown in Dagster and logged for comparisons
@@ -44,7 +45,7 @@ def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: Traine
     from hmpcl_lib.retrieval.embedding import embed_table, write_embeddings
 
     hier = pl.read_parquet(store.hierarchy_path)
-    model = load_model(trained_encoder.model_uri, mlflow_tracking.config)
+    model = tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri)
     table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=_image_size(trained_encoder))
     path = write_embeddings(table, store.embeddings_path(trained_encoder.run_id))
     dim = table.schema.field("embedding").type.list_size
@@ -172,7 +173,7 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
             champ_value = float(champ.tags["patent_map"])
         else:  # different test split: score the champion on this one so the comparison is fair
             context.log.info(f"re-scoring champion v{champ.version} on the current test split")
-            model = load_model(f"models:/{cfg.registered_model}/{champ.version}", cfg)
+            model = tracking.load_model(cfg, f"models:/{cfg.registered_model}/{champ.version}")
             hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
             champ_value = overall_metrics(evaluate_model(model, hier, spl, _image_size(trained_encoder)).metrics)["patent_map"]
     decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
@@ -212,12 +213,12 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     results["pretrained"] = evaluate_protocols(pretrained, hier, spl, size)
     for loss in ("baseline", "hierarchical"):
         if loss == trained_encoder.variant:
-            model = load_model(trained_encoder.model_uri, cfg)
+            model = tracking.load_model(cfg, trained_encoder.model_uri)
         else:
             context.log.info(f"training the {loss} variant with the same config and seed")
             other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.hierarchy_path, store.splits_path,
                                   store.models_dir, cfg, variant=loss)
-            model = load_model(other.model_uri, cfg)
+            model = tracking.load_model(cfg, other.model_uri)
         results[loss] = evaluate_protocols(model, hier, spl, size)
         if loss != trained_encoder.variant:  # its own run gets its benchmark, like the trained encoder's
             for bench in results[loss].values():
