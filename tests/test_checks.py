@@ -74,22 +74,22 @@ def store(tmp_path: Path) -> DataStore:
     hier = hierarchy_frame(image_dir)
     for path in hier["image_path"]:
         Path(path).write_bytes(b"\x89PNG\r\n\x1a\n")
-    _write(hier, schemas.LIC_HIERARCHY, store.hierarchy_path)
-    _write(drawings_frame(hier["drawing_id"].to_list()), schemas.DRAWINGS, store.drawings_path(2019))
-    _write(splits_frame(hier), schemas.SPLITS, store.splits_path)
+    _write(hier, schemas.LIC_HIERARCHY, store.layout.hierarchy_path)
+    _write(drawings_frame(hier["drawing_id"].to_list()), schemas.DRAWINGS, store.layout.drawings_path(2019))
+    _write(splits_frame(hier), schemas.SPLITS, store.layout.splits_path)
     return store
 
 
 def hierarchy(store: DataStore) -> pl.DataFrame:
-    return pl.read_parquet(store.hierarchy_path)
+    return pl.read_parquet(store.layout.hierarchy_path)
 
 
 def rewrite_hierarchy(store: DataStore, df: pl.DataFrame, schema: pa.Schema = schemas.LIC_HIERARCHY) -> None:
-    _write(df, schema, store.hierarchy_path)
+    _write(df, schema, store.layout.hierarchy_path)
 
 
 def rewrite_splits(store: DataStore, df: pl.DataFrame) -> None:
-    _write(df, schemas.SPLITS, store.splits_path)
+    _write(df, schemas.SPLITS, store.layout.splits_path)
 
 
 def meta(result: dg.AssetCheckResult, key: str):
@@ -124,7 +124,7 @@ def test_hierarchy_schema_missing_column_fails(store):
 
 def test_hierarchy_schema_wrong_type_fails(store):
     df = hierarchy(store).with_columns(pl.col("class_label").cast(pl.Int64))
-    write_parquet_atomic(df.to_arrow(), store.hierarchy_path)
+    write_parquet_atomic(df.to_arrow(), store.layout.hierarchy_path)
     result = checks.hierarchy_schema_and_counts(store=store)
     assert not result.passed
     assert "class_label: int64 != int32" in meta(result, "problems")
@@ -162,7 +162,7 @@ def test_missing_image_fails_and_names_it(store):
 def test_low_lic_coverage_fails_and_threshold_is_configurable(store):
     ids = hierarchy(store)["drawing_id"].to_list()
     uncoded = [f"USD0999999-20190101-D{i:05d}" for i in range(1, 9)]  # parsed drawings without a Locarno code
-    _write(drawings_frame(ids + uncoded), schemas.DRAWINGS, store.drawings_path(2019))
+    _write(drawings_frame(ids + uncoded), schemas.DRAWINGS, store.layout.drawings_path(2019))
     result = checks.lic_coverage_ratio(store=store)
     assert not result.passed
     assert meta(result, "coverage") == pytest.approx(0.5) and meta(result, "threshold") == pytest.approx(0.9)
@@ -173,7 +173,7 @@ def test_low_lic_coverage_fails_and_threshold_is_configurable(store):
 
 def test_lic_coverage_counts_every_parsed_year(store):
     _write(drawings_frame([f"USD0888888-20200107-D{i:05d}" for i in range(1, 4)]), schemas.DRAWINGS,
-           store.drawings_path(2020))
+           store.layout.drawings_path(2020))
     result = checks.lic_coverage_ratio(store=store)
     assert not result.passed and meta(result, "coverage") == pytest.approx(8 / 11)
 
@@ -182,7 +182,7 @@ def test_lic_coverage_counts_every_parsed_year(store):
 
 def test_patent_leaking_into_two_splits_fails(store):
     leaked = "USD0000001-20190101"
-    df = pl.read_parquet(store.splits_path).with_columns(
+    df = pl.read_parquet(store.layout.splits_path).with_columns(
         split=pl.when(pl.col("drawing_id") == f"{leaked}-D00002").then(pl.lit("test")).otherwise(pl.col("split")))
     rewrite_splits(store, df)
     result = checks.no_patent_in_two_splits(store=store)
@@ -191,7 +191,7 @@ def test_patent_leaking_into_two_splits_fails(store):
 
 
 def test_test_patent_with_two_queries_fails(store):
-    df = pl.read_parquet(store.splits_path).with_columns(
+    df = pl.read_parquet(store.layout.splits_path).with_columns(
         role=pl.when(pl.col("split") == "test").then(pl.lit("query")).otherwise(pl.col("role")))
     rewrite_splits(store, df)
     result = checks.test_split_has_queries(store=store)
@@ -200,7 +200,7 @@ def test_test_patent_with_two_queries_fails(store):
 
 
 def test_test_split_without_evaluable_query_fails(store):
-    df = pl.read_parquet(store.splits_path).filter(pl.col("role") != "gallery")  # only lone queries left
+    df = pl.read_parquet(store.layout.splits_path).filter(pl.col("role") != "gallery")  # only lone queries left
     rewrite_splits(store, df)
     result = checks.test_split_has_queries(store=store)
     assert not result.passed and meta(result, "evaluable_queries") == 0

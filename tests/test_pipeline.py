@@ -53,11 +53,11 @@ def test_every_asset_materializes_and_checks_pass(env):
 
 def test_data_tables_are_consistent(env):
     store = env["store"]
-    hier = pl.read_parquet(store.hierarchy_path)
-    spl = pl.read_parquet(store.splits_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path)
+    spl = pl.read_parquet(store.layout.splits_path)
     assert hier["class_code"].n_unique() == 3
     assert set(spl["drawing_id"]) == set(hier["drawing_id"])
-    quarantine = pl.read_parquet(store.quarantine_path(2019))
+    quarantine = pl.read_parquet(store.layout.quarantine_path(2019))
     assert {"source", "record", "reason"} <= set(quarantine.columns)
 
 
@@ -124,10 +124,10 @@ def test_search_cli_finds_the_champions_index(env, monkeypatch, capsys):
 
     store, cfg = env["store"], env["tracking"].config
     monkeypatch.setenv("HMPCL_DATA_ROOT", str(store.base))
-    hier = pl.read_parquet(store.hierarchy_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path)
     query = hier.sort("drawing_id")["image_path"][0]
     code = main(["--image", query, "-k", "3", "--model-uri", f"models:/{cfg.registered_model}@champion",
-                 "--tracking-uri", cfg.tracking_uri, "--hierarchy", str(store.hierarchy_path)])
+                 "--tracking-uri", cfg.tracking_uri, "--hierarchy", str(store.layout.hierarchy_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert hier.sort("drawing_id")["drawing_id"][0] in out  # the drawing itself is in the corpus index

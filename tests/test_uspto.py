@@ -260,4 +260,4 @@ def test_lic_codes_asset_reads_xml_and_zip_and_reports_counts(tmp_path):
     assert meta["grants_read"].value == 6 and meta["design_grants"].value == 4
     assert meta["non_grant_documents_skipped"].value == {"sequence-cwu": 4}
     assert meta["per_file"].value["ipg130416.zip"]["skipped"] == {"sequence-cwu": 2}
-    assert pl.read_parquet(store.lic_codes_path)["doc_number"].to_list() == ["D0513425", "D0513434", "D0680087", "D0680199"]
+    assert pl.read_parquet(store.layout.lic_codes_path)["doc_number"].to_list() == ["D0513425", "D0513434", "D0680087", "D0680199"]

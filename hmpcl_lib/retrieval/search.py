@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.errors import HmpclError, InputError
+from hmpcl_lib.layout import DataLayout
 from hmpcl_lib.retrieval.index import VectorIndex
 from hmpcl_lib.tracking.mlflow_store import default_tracking_uri
 from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_encoder
@@ -152,16 +153,16 @@ def _model_run_id(model_uri: str, tracking_uri: str) -> str | None:
         raise InputError(f"cannot resolve the model in {tracking_uri}: {exc}", source=model_uri) from exc
 
 
-def default_index_dir(args: argparse.Namespace, data: Path) -> Path:
-    """The `gallery_index` asset writes data/index/<MLflow run id>: pick the one built by the requested model."""
+def default_index_dir(args: argparse.Namespace, layout: DataLayout) -> Path:
+    """The `gallery_index` asset writes the index of the model's MLflow run: pick the one built by this model."""
     run_id = None if args.model_checkpoint else _model_run_id(args.model_uri, args.tracking_uri)
     if run_id is None:
         raise InputError("pass --index DIR (cannot tell which index belongs to this model)", source="search")
-    return data / "index" / run_id
+    return layout.index_dir(run_id)
 
 
 def _parser() -> argparse.ArgumentParser:
-    data = Path(os.environ.get("HMPCL_DATA_ROOT", "data"))
+    layout = DataLayout.from_env()
     p = argparse.ArgumentParser(prog="python -m hmpcl_lib.retrieval.search", description="Find the drawings nearest to an image.")
     p.add_argument("--image", required=True, help="query image file")
     p.add_argument("-k", "--k", type=int, default=10, help="number of results")
@@ -169,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-checkpoint", help="encoder file instead of MLflow (torch.save'd Encoder or checkpoint)")
     p.add_argument("--index", default=os.environ.get("HMPCL_INDEX_DIR"),
                    help="index directory (default: the gallery_index of the model's MLflow run)")
-    p.add_argument("--hierarchy", default=str(data / "parsed" / "lic_hierarchy.parquet"), help="lic_hierarchy Parquet")
+    p.add_argument("--hierarchy", default=str(layout.hierarchy_path), help="lic_hierarchy Parquet")
     p.add_argument("--tracking-uri", default=default_tracking_uri())
     p.add_argument("--data-root", help="refuse query images outside this folder")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hierarchy_path = Path(args.hierarchy)
         if not hierarchy_path.is_file():
             raise InputError("hierarchy table not found", source=str(hierarchy_path))
-        index_dir = args.index or default_index_dir(args, Path(os.environ.get("HMPCL_DATA_ROOT", "data")))
+        index_dir = args.index or default_index_dir(args, DataLayout.from_env())
         searcher = Searcher(
             _load_model(args),
             VectorIndex.load(index_dir),

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from hmpcl_lib.layout import DataLayout, default_data_root
 from hmpcl_lib import tracking
 from hmpcl_lib.errors import HmpclError
 
@@ -182,13 +183,13 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
         raise HmpclError(f"unknown variant(s) {unknown}; known: {', '.join(sweep.VARIANTS)}")
     if "baseline" not in variants:
         variants = ["baseline", *variants]
-    parsed = Path(data_root) / "parsed"
-    paths = [parsed / "lic_hierarchy.parquet", parsed / "splits.parquet"]
+    layout = DataLayout(Path(data_root))
+    paths = [layout.hierarchy_path, layout.splits_path]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise HmpclError(f"missing {missing}: run `make run` (or the data assets) first")
     base = config_from_strings(overrides, TrainConfig())
-    out_dir = Path(out) if out else Path(data_root) / "sweeps" / name
+    out_dir = Path(out) if out else layout.root / "sweeps" / name
     frame = sweep.run_sweep(pl.read_parquet(paths[0]), pl.read_parquet(paths[1]),
                             {v: sweep.VARIANTS[v] for v in variants}, seeds, base, out_dir, cfg, name=name)
     tables = [f"## {protocol} protocol, {features} features (Δ: paired 95 % interval vs baseline, head features)\n\n"
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-class", action="store_true", help="include per-main-class metrics (class_XX.*)")
     sub.add_parser("champion", parents=[common], help="the registered model's champion version and its tags")
     w = sub.add_parser("sweep", parents=[common], help="train variants over seeds; summary with paired intervals")
-    w.add_argument("--data-root", default=os.environ.get("HMPCL_DATA_ROOT", "data"))
+    w.add_argument("--data-root", default=default_data_root())
     w.add_argument("--variant", action="append", dest="variants", metavar="NAME",
                    help="a variant of hmpcl_lib.tracking.sweep.VARIANTS (repeatable; default: all; the baseline is always in)")
     w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -22,7 +22,7 @@ def _examples(values: list, n: int = 10) -> dg.MetadataValue:
 @dg.asset_check(asset=lic_hierarchy, blocking=True)
 def hierarchy_schema_and_counts(store: DataStore) -> dg.AssetCheckResult:
     """The table has the documented schema, rows, and at least two main classes to learn a hierarchy from."""
-    df = pl.read_parquet(store.hierarchy_path)
+    df = pl.read_parquet(store.layout.hierarchy_path)
     problems = quality.schema_differences(df, schemas.LIC_HIERARCHY)
     if df.height == 0:
         problems.append("no rows")
@@ -34,7 +34,7 @@ def hierarchy_schema_and_counts(store: DataStore) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=lic_hierarchy, blocking=True)
 def unique_drawing_ids(store: DataStore) -> dg.AssetCheckResult:
-    df = pl.read_parquet(store.hierarchy_path, columns=["drawing_id"])
+    df = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id"])
     dups = quality.duplicate_values(df, "drawing_id")
     return dg.AssetCheckResult(passed=not dups, severity=ERROR,
                                metadata={"duplicates": len(dups), "examples": _examples(dups)})
@@ -43,7 +43,7 @@ def unique_drawing_ids(store: DataStore) -> dg.AssetCheckResult:
 @dg.asset_check(asset=lic_hierarchy, blocking=True)
 def images_exist(store: DataStore) -> dg.AssetCheckResult:
     """Every drawing's image is on disk (a seeded sample of 20k rows on large corpora)."""
-    paths = pl.read_parquet(store.hierarchy_path, columns=["image_path"])["image_path"].to_list()
+    paths = pl.read_parquet(store.layout.hierarchy_path, columns=["image_path"])["image_path"].to_list()
     missing, checked = quality.missing_files(paths)
     return dg.AssetCheckResult(passed=not missing, severity=ERROR,
                                metadata={"checked": checked, "missing": len(missing), "examples": _examples(missing)})
@@ -52,9 +52,9 @@ def images_exist(store: DataStore) -> dg.AssetCheckResult:
 @dg.asset_check(asset=lic_hierarchy, blocking=True)
 def lic_coverage_ratio(store: DataStore) -> dg.AssetCheckResult:
     """Share of parsed drawings that got a Locarno code is at least `DataStore.min_lic_coverage`."""
-    drawings = pl.read_parquet(sorted((store.base / "parsed" / "drawings").glob("year=*.parquet")),
+    drawings = pl.read_parquet(store.layout.drawings_paths(),
                                columns=["drawing_id"])
-    coverage = lic_coverage(drawings, pl.read_parquet(store.hierarchy_path, columns=["drawing_id"]))
+    coverage = lic_coverage(drawings, pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id"]))
     return dg.AssetCheckResult(passed=coverage >= store.min_lic_coverage, severity=ERROR,
                                metadata={"coverage": dg.MetadataValue.float(coverage),
                                          "threshold": dg.MetadataValue.float(store.min_lic_coverage)})
@@ -62,7 +62,7 @@ def lic_coverage_ratio(store: DataStore) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=splits, blocking=True)
 def no_patent_in_two_splits(store: DataStore) -> dg.AssetCheckResult:
-    leaks = quality.leaking_patents(pl.read_parquet(store.splits_path))
+    leaks = quality.leaking_patents(pl.read_parquet(store.layout.splits_path))
     return dg.AssetCheckResult(passed=not leaks, severity=ERROR,
                                metadata={"leaking_patents": len(leaks), "examples": _examples(leaks)})
 
@@ -70,7 +70,7 @@ def no_patent_in_two_splits(store: DataStore) -> dg.AssetCheckResult:
 @dg.asset_check(asset=splits, blocking=True)
 def test_split_has_queries(store: DataStore) -> dg.AssetCheckResult:
     """One query per test patent, and at least one query with a relevant gallery item to evaluate."""
-    df = pl.read_parquet(store.splits_path).filter(pl.col("split") == "test")
+    df = pl.read_parquet(store.layout.splits_path).filter(pl.col("split") == "test")
     per_patent = df.group_by("patent_id").agg((pl.col("role") == "query").sum().alias("q"), pl.len().alias("n"))
     bad = per_patent.filter(pl.col("q") != 1)["patent_id"].to_list()
     usable = per_patent.filter(pl.col("n") > 1).height

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from hmpcl_lib.layout import DataLayout, default_data_root
 from hmpcl_lib.sample.spec import SampleSpec
 from hmpcl_lib.tracking import TrackingConfig, default_tracking_uri
 
@@ -23,7 +24,7 @@ def _env(name: str, default: str) -> str:
 class DataStore(dg.ConfigurableResource):
     """The data root and the source feeding it: the generated sample or real DeepPatent2 + USPTO grant XML."""
 
-    root: str = Field(default_factory=lambda: _env("HMPCL_DATA_ROOT", "data"))
+    root: str = Field(default_factory=default_data_root)
     source: str = Field(default_factory=lambda: _env("HMPCL_SOURCE", "sample"),
                         description="'sample' (generated, offline) or 'deeppatent2' (Harvard Dataverse)")
     dataverse_url: str = "https://dataverse.harvard.edu"
@@ -43,8 +44,13 @@ class DataStore(dg.ConfigurableResource):
     sample_seed: int = SampleSpec.seed
 
     @property
+    def layout(self) -> DataLayout:
+        """Every path under the data root (`hmpcl_lib.layout.DataLayout`)."""
+        return DataLayout(Path(self.root))
+
+    @property
     def base(self) -> Path:
-        return Path(self.root).expanduser().resolve()
+        return self.layout.root
 
     def sample_spec(self) -> SampleSpec:
         return SampleSpec(n_classes=self.sample_n_classes, subclasses_per_class=self.sample_subclasses_per_class,
@@ -52,50 +58,8 @@ class DataStore(dg.ConfigurableResource):
                           views=(self.sample_views_min, self.sample_views_max), years=tuple(self.sample_years),
                           image_size=self.sample_image_size, seed=self.sample_seed)
 
-    def raw_dir(self, year: str | int) -> Path:
-        return self.base / "raw" / str(year)
-
-    def extracted_dir(self, year: str | int) -> Path:
-        return self.base / "extracted" / str(year)
-
     def uspto_dir(self) -> Path:
-        return Path(self.uspto_xml_dir).expanduser().resolve() if self.uspto_xml_dir else self.base / "uspto"
-
-    def drawings_path(self, year: str | int) -> Path:
-        return self.base / "parsed" / "drawings" / f"year={year}.parquet"
-
-    def quarantine_path(self, year: str | int) -> Path:
-        return self.base / "parsed" / "quarantine" / f"year={year}.parquet"
-
-    @property
-    def lic_codes_path(self) -> Path:
-        return self.base / "parsed" / "lic_codes.parquet"
-
-    @property
-    def lic_quarantine_path(self) -> Path:
-        return self.base / "parsed" / "quarantine" / "lic_codes.parquet"
-
-    @property
-    def hierarchy_path(self) -> Path:
-        return self.base / "parsed" / "lic_hierarchy.parquet"
-
-    @property
-    def hierarchy_quarantine_path(self) -> Path:
-        return self.base / "parsed" / "quarantine" / "lic_hierarchy.parquet"
-
-    @property
-    def splits_path(self) -> Path:
-        return self.base / "parsed" / "splits.parquet"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.base / "models"
-
-    def embeddings_path(self, run_id: str) -> Path:
-        return self.base / "embeddings" / f"{run_id}.parquet"
-
-    def index_dir(self, run_id: str) -> Path:
-        return self.base / "index" / run_id
+        return Path(self.uspto_xml_dir).expanduser().resolve() if self.uspto_xml_dir else self.layout.uspto_dir
 
 
 class MlflowTracking(dg.ConfigurableResource):

@@ -25,7 +25,7 @@ def raw_archives(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mate
     resume and checksum checks, or generated offline when the store's source is the sample corpus. The year's lock
     keeps a concurrent run of the same year from sharing the `.part` files (or extracting half-written parts)."""
     year = int(context.partition_key)
-    dest = store.raw_dir(year)
+    dest = store.layout.raw_dir(year)
     if store.source not in ("sample", "deeppatent2"):
         raise dg.Failure(f"unknown source {store.source!r}: use 'sample' or 'deeppatent2'")
     with deeppatent2.year_lock(dest):
@@ -66,12 +66,12 @@ def lic_codes(context: dg.AssetExecutionContext, store: DataStore) -> dg.Materia
         raise dg.Failure(f"no USPTO grant files (*.xml, *.zip) in {xml_dir}; set HMPCL_USPTO_XML_DIR")
     counts: list[uspto.GrantFileCounts] = []
     codes, quarantine = uspto.read_lic_codes(files, counts=counts)
-    write_parquet_atomic(codes, store.lic_codes_path)
-    write_parquet_atomic(quarantine, store.lic_quarantine_path)
+    write_parquet_atomic(codes, store.layout.lic_codes_path)
+    write_parquet_atomic(quarantine, store.layout.lic_quarantine_path)
     df, bad = pl.from_arrow(codes), pl.from_arrow(quarantine)
     read = uspto.summarise_grant_counts(counts)
     return dg.MaterializeResult(metadata={
-        **table_metadata(df, store.lic_codes_path),
+        **table_metadata(df, store.layout.lic_codes_path),
         "xml_files": len(files),
         "grants_read": read["grants"],
         "design_grants": read["design_grants"],
@@ -90,12 +90,12 @@ def drawings(context: dg.AssetExecutionContext, store: DataStore) -> dg.Material
     quarantine. Runs under the year's lock, so two runs of one year take turns."""
     year = int(context.partition_key)
     extracted, parsed = deeppatent2.build_year(
-        year, store.raw_dir(year), store.extracted_dir(year), store.drawings_path(year), store.quarantine_path(year),
+        year, store.layout.raw_dir(year), store.layout.extracted_dir(year), store.layout.drawings_path(year), store.layout.quarantine_path(year),
         max_bad_fraction=store.max_bad_fraction)
     df, bad = pl.from_arrow(parsed.drawings), pl.from_arrow(parsed.quarantine)
     files = {Path(f).relative_to(extracted.root).as_posix(): counts for f, counts in parsed.files.items()}
     return dg.MaterializeResult(metadata={
-        **table_metadata(df, store.drawings_path(year)),
+        **table_metadata(df, store.layout.drawings_path(year)),
         "patents": df["patent_id"].n_unique(),
         "archive_format": extracted.archive_format,
         "inner_archives": dg.MetadataValue.json(extracted.inner),
@@ -111,19 +111,19 @@ def lic_hierarchy(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     """drawing → patent → Locarno subclass → main class (with titles and integer labels), over every parsed year.
     The code comes from the drawing's DeepPatent2 record when it carries one, else from the USPTO grant XML; both
     counts and any disagreement between them are in the metadata. Titles come from the grant's own edition."""
-    files = sorted((store.base / "parsed" / "drawings").glob("year=*.parquet"))
+    files = store.layout.drawings_paths()
     if not files:
         raise dg.Failure("no parsed drawings yet: materialize `drawings` for at least one year first")
     all_drawings = pl.read_parquet(files)
-    codes = pl.read_parquet(store.lic_codes_path)
+    codes = pl.read_parquet(store.layout.lic_codes_path)
     table, quarantine = hierarchy.build_lic_hierarchy(all_drawings, codes)
-    write_parquet_atomic(table, store.hierarchy_path)
-    write_parquet_atomic(quarantine, store.hierarchy_quarantine_path)
+    write_parquet_atomic(table, store.layout.hierarchy_path)
+    write_parquet_atomic(quarantine, store.layout.hierarchy_quarantine_path)
     df = pl.from_arrow(table)
     coverage = hierarchy.lic_coverage(all_drawings, df)
     sources = hierarchy.lic_source_report(df)
     return dg.MaterializeResult(metadata={
-        **table_metadata(df, store.hierarchy_path),
+        **table_metadata(df, store.layout.hierarchy_path),
         "lic_sources": dg.MetadataValue.json(sources),
         "from_record": sources["from_record"],
         "from_uspto_xml": sources["from_uspto_xml"],
@@ -149,14 +149,14 @@ class SplitConfig(dg.Config):
 @dg.asset(deps=[lic_hierarchy], group_name="data", kinds={"parquet"})
 def splits(context: dg.AssetExecutionContext, config: SplitConfig, store: DataStore) -> dg.MaterializeResult:
     """Train/val/test by patent (seeded, stable); in test each patent's first drawing is the query."""
-    hier = pl.read_parquet(store.hierarchy_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path)
     table = hierarchy.build_splits(hier, seed=config.seed,
                                    fractions=(config.train_fraction, config.val_fraction, config.test_fraction))
-    write_parquet_atomic(table, store.splits_path)
+    write_parquet_atomic(table, store.layout.splits_path)
     df = pl.from_arrow(table)
     by = df.group_by("split", "role").agg(pl.len().alias("drawings"), pl.col("patent_id").n_unique().alias("patents"))
     return dg.MaterializeResult(metadata={
-        **table_metadata(df, store.splits_path),
+        **table_metadata(df, store.layout.splits_path),
         "by_split": dg.MetadataValue.md(counts_markdown(df, "role")),
         "patents_by_split": dg.MetadataValue.json({r["split"]: r["patents"] for r in by.filter(
             pl.col("role") != "gallery").iter_rows(named=True)}),

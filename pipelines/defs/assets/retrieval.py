@@ -44,10 +44,10 @@ def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: Traine
     """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""
     from hmpcl_lib.retrieval.embedding import embed_table, write_embeddings
 
-    hier = pl.read_parquet(store.hierarchy_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path)
     model = tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri)
     table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=_image_size(trained_encoder))
-    path = write_embeddings(table, store.embeddings_path(trained_encoder.run_id))
+    path = write_embeddings(table, store.layout.embeddings_path(trained_encoder.run_id))
     dim = table.schema.field("embedding").type.list_size
     value = Embeddings(str(path), trained_encoder.run_id, table.num_rows, dim)
     return dg.Output(value, metadata={"dagster/row_count": table.num_rows, "dim": dim,
@@ -64,7 +64,7 @@ def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddin
 
     ids, vectors = read_embeddings(corpus_embeddings.path)
     index = VectorIndex.build(ids, vectors)
-    out = store.index_dir(corpus_embeddings.run_id)
+    out = store.layout.index_dir(corpus_embeddings.run_id)
     index.save(out)
     return dg.Output(str(out), metadata={"vectors": len(ids), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out))})
 
@@ -121,13 +121,13 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
     from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 
     cfg = mlflow_tracking.config
-    hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+    hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
     embeddings = read_embeddings(corpus_embeddings.path)
     result = benchmark_embeddings(embeddings, hier, spl)
     overall = log_benchmark(result, trained_encoder.run_id, cfg, "retrieval_benchmark")
     loo = benchmark_embeddings(embeddings, hier, spl, protocol="leave_one_out")
     loo_overall = log_benchmark(loo, trained_encoder.run_id, cfg, "retrieval_benchmark")
-    path = store.base / "benchmarks" / f"{trained_encoder.run_id}.parquet"
+    path = store.layout.benchmark_path(trained_encoder.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     result.metrics.write_parquet(path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +141,7 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
         plot_meta = {k: image_markdown(k, v) for k, v in files.items()}
         if grids:
             plot_meta["query_topk"] = image_markdown("query and top-k (green = same patent)", grids[0])
-    value = Benchmark(trained_encoder.run_id, str(path), overall, file_sha256(store.splits_path))
+    value = Benchmark(trained_encoder.run_id, str(path), overall, file_sha256(store.layout.splits_path))
     return dg.Output(value, metadata={
         **{k: dg.MetadataValue.float(overall[k]) for k in HEADLINE if k in overall},
         "n_queries": int(overall.get("n_queries", 0)),
@@ -174,7 +174,7 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
         else:  # different test split: score the champion on this one so the comparison is fair
             context.log.info(f"re-scoring champion v{champ.version} on the current test split")
             model = tracking.load_model(cfg, f"models:/{cfg.registered_model}/{champ.version}")
-            hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+            hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
             champ_value = overall_metrics(evaluate_model(model, hier, spl, _image_size(trained_encoder)).metrics)["patent_map"]
     decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
     context.log.info(f"champion decision for v{version.version}: {decision.reason}")
@@ -203,7 +203,7 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     from hmpcl_lib.train.config import TrainConfig
 
     cfg = mlflow_tracking.config
-    hier, spl = pl.read_parquet(store.hierarchy_path), pl.read_parquet(store.splits_path)
+    hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
     train_cfg = TrainConfig(**{k: v for k, v in trained_encoder.params.items()
                                if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     size = train_cfg.image_size
@@ -216,8 +216,8 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
             model = tracking.load_model(cfg, trained_encoder.model_uri)
         else:
             context.log.info(f"training the {loss} variant with the same config and seed")
-            other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.hierarchy_path, store.splits_path,
-                                  store.models_dir, cfg, variant=loss)
+            other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.layout.hierarchy_path, store.layout.splits_path,
+                                  store.layout.models_dir, cfg, variant=loss)
             model = tracking.load_model(cfg, other.model_uri)
         results[loss] = evaluate_protocols(model, hier, spl, size)
         if loss != trained_encoder.variant:  # its own run gets its benchmark, like the trained encoder's
@@ -230,7 +230,7 @@ def model_comparison(context: dg.AssetExecutionContext, trained_encoder: Trained
     intervals_md = markdown_table(intervals, max_rows=100)
     context.log.info("model comparison on the test split:\n" + md + "\n\npaired 95 % intervals:\n" + intervals_md)
 
-    fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.splits_path))
+    fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.layout.splits_path))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         from hmpcl_lib.retrieval import plots

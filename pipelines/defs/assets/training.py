@@ -39,9 +39,9 @@ with warnings.catch_warnings():
         tracking_cfg = mlflow_tracking.config
         extras = {
             "train_config": dataclasses.asdict(config.to_train_config()),
-            "hierarchy_path": str(store.hierarchy_path),
-            "splits_path": str(store.splits_path),
-            "out_dir": str(store.models_dir),
+            "hierarchy_path": str(store.layout.hierarchy_path),
+            "splits_path": str(store.layout.splits_path),
+            "out_dir": str(store.layout.models_dir),
             "tracking": dataclasses.asdict(tracking_cfg),
             "variant": config.loss,
             "reuse": True,
