@@ -20,6 +20,7 @@ def main() -> int:
         sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/.dagster")
     from pipelines.definitions import defs
     from hmpcl_lib.io import markdown_table
+    from pipelines.defs.assets.comparison import variant_partitions
     from pipelines.defs.resources import DataStore
 
     store = DataStore()
@@ -33,10 +34,13 @@ def main() -> int:
         if not result.success:
             print(f"ingest of {year} failed (run {result.run_id}); see `make dev`", file=sys.stderr)
             return 1
-    result = defs.resolve_job_def("full_pipeline").execute_in_process(instance=instance, raise_on_error=False)
-    if not result.success:
-        print(f"full_pipeline failed (run {result.run_id}); see `make dev`", file=sys.stderr)
-        return 1
+    runs = [("full_pipeline", None)] + [("compare_variants", v) for v in variant_partitions.get_partition_keys()]
+    for job, partition in runs + [("compare_models", None)]:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                              raise_on_error=False)
+        if not result.success:
+            print(f"{job} {partition or ''} failed (run {result.run_id}); see `make dev`", file=sys.stderr)
+            return 1
     table = result.output_for_node("model_comparison")
     print(f"\nAll assets materialized in {time.perf_counter() - started:.0f} s. Data under {store.base}.")
     print("\nModel comparison on the sample test split (patent-level and hierarchy-level retrieval):\n")

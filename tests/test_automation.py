@@ -171,7 +171,13 @@ def test_jobs_select_the_documented_assets():
 
     assert selected("retrain") == {"lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings",
                                    "gallery_index", "retrieval_benchmark", "champion_model"}
-    assert {"lic_codes", "model_comparison"} <= selected("full_pipeline")
+    assert "lic_codes" in selected("full_pipeline") and "model_comparison" not in selected("full_pipeline")
+    assert selected("compare_variants") == {"variant_encoder", "variant_benchmark"}
+    assert selected("compare_models") == {"model_comparison"}
+    assert defs.resolve_job_def("compare_variants").partitions_def.get_partition_keys() == [
+        "pretrained", "baseline", "hierarchical"]
+    assert defs.get_assets_def("variant_encoder").op.pool == "gpu"
+    assert defs.get_assets_def("variant_encoder").op.tags["dagster-k8s/config"]
     assert selected("ingest_year") == {"raw_archives", "drawings"}
     assert defs.get_assets_def("trained_encoder").op.pool == "gpu"
     assert defs.get_assets_def("corpus_embeddings").op.pool == "gpu"

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 TINY_TRAINING = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "image_size": 64, "embed_dim": 32}
 UNPARTITIONED = ["lic_codes", "lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings", "gallery_index",
-                 "retrieval_benchmark", "champion_model", "model_comparison"]
+                 "retrieval_benchmark", "champion_model"]
+VARIANTS = ["pretrained", "baseline", "hierarchical"]
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +38,52 @@ def env(tmp_path_factory):
     run_config = {"ops": {"trained_encoder": {"config": TINY_TRAINING}}}
     result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=UNPARTITIONED, resources=resources,
                             instance=instance, run_config=run_config)
-    return {"store": store, "tracking": tracking, "result": result, "resources": resources,
-            "instance": instance, "run_config": run_config}
+    variants = {v: dg.materialize([*ALL_ASSETS], selection=["variant_encoder", "variant_benchmark"], partition_key=v,
+                                  resources=resources, instance=instance,
+                                  run_config={"ops": {"variant_encoder": {"config": TINY_TRAINING}}})
+                for v in VARIANTS}
+    comparison = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["model_comparison"], resources=resources,
+                                instance=instance)
+    return {"store": store, "tracking": tracking, "result": result, "resources": resources, "variants": variants,
+            "comparison": comparison, "instance": instance, "run_config": run_config}
 
 
 def test_every_asset_materializes_and_checks_pass(env):
     result = env["result"]
-    assert result.success
+    assert result.success and env["comparison"].success
+    assert all(r.success for r in env["variants"].values())
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()
                     for e in [e.event_specific_data.materialization]}
     assert set(UNPARTITIONED) <= materialized
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks and all(passed for name, passed in checks.items() if name != "fine_tuning_beats_pretrained"), checks
+    assert "fine_tuning_beats_pretrained" in {e.asset_check_key.name
+                                              for e in env["comparison"].get_asset_check_evaluations()}
+
+
+def test_variants_are_partitions_and_the_hierarchical_one_reuses_trained_encoder(env):
+    trained = env["result"].output_for_node("trained_encoder")
+    hierarchical = env["variants"]["hierarchical"].output_for_node("variant_encoder")
+    assert hierarchical.reused and hierarchical.run_id == trained.run_id  # same config + data: not trained twice
+    baseline = env["variants"]["baseline"].output_for_node("variant_encoder")
+    assert baseline.variant == "baseline" and baseline.params["loss"] == "baseline" and not baseline.reused
+    assert env["variants"]["pretrained"].output_for_node("variant_encoder").variant == "pretrained"
+    for v in VARIANTS:
+        saved = env["store"].layout.variant_dir(v)
+        assert (saved / "variant.json").is_file() and (saved / "leave_one_out.per_query.parquet").is_file()
+
+
+def test_comparison_refuses_a_missing_variant(env, tmp_path):
+    from pipelines.defs.assets.comparison import read_variants
+
+    store = env["store"]
+    empty = store.model_copy(update={"root": str(tmp_path)})
+    (tmp_path / "parsed").mkdir()
+    import shutil
+
+    shutil.copy(store.layout.splits_path, empty.layout.splits_path)
+    with pytest.raises(dg.Failure, match="pretrained: not benchmarked yet"):
+        read_variants(empty)
 
 
 def test_data_tables_are_consistent(env):
@@ -62,7 +97,7 @@ def test_data_tables_are_consistent(env):
 
 
 def test_comparison_table_and_mlflow(env):
-    table = env["result"].output_for_node("model_comparison")
+    table = env["comparison"].output_for_node("model_comparison")
     for protocol in ("deeppatent", "leave_one_out"):
         rows = table.filter(pl.col("protocol") == protocol)
         assert rows["model"].to_list() == ["pretrained", "baseline", "hierarchical"]
@@ -73,7 +108,7 @@ def test_comparison_table_and_mlflow(env):
     cfg = env["tracking"].config
     mlflow.set_tracking_uri(cfg.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.experiment])
-    assert {"train-hierarchical", "train-baseline", "model-comparison"} <= set(runs["tags.mlflow.runName"])
+    assert {"train-hierarchical", "train-baseline", "pretrained", "model-comparison"} <= set(runs["tags.mlflow.runName"])
     trained = runs[runs["tags.mlflow.runName"] == "train-hierarchical"].iloc[0]
     assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "hierarchical"
     champion = mlflow.pytorch.load_model(f"models:/{cfg.registered_model}@champion")

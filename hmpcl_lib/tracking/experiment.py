@@ -36,6 +36,23 @@ class TrainedModel:
     params: dict = dataclasses.field(default_factory=dict)
 
 
+# The model comparison's variants (the `variant_encoder` / `variant_benchmark` partitions): the untouched ImageNet
+# backbone, and TrainConfig overrides for the trained ones. "hierarchical" keeps TrainConfig's own target
+# ("cumulative", the winner of `hmpcl sweep`); more entries of `sweep.VARIANTS` can be added here.
+COMPARISON_VARIANTS: dict[str, dict | None] = {
+    "pretrained": None,
+    "baseline": {"loss": "baseline"},
+    "hierarchical": {"loss": "hierarchical"},
+}
+
+
+def variant_config(config, variant: str):
+    """`config` with the variant's overrides (unchanged for "pretrained", which is not trained)."""
+    if variant not in COMPARISON_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(COMPARISON_VARIANTS)}")
+    return dataclasses.replace(config, **(COMPARISON_VARIANTS[variant] or {}))
+
+
 def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     """The training split of the hierarchy table (what the encoder may see)."""
     train_ids = splits.filter(pl.col("split") == "train").select("drawing_id")
@@ -89,6 +106,81 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
         mlflow.set_tags({"hmpcl.model_uri": model_uri, "hmpcl.checkpoint": str(result.checkpoint_path)})
         return TrainedModel(run.info.run_id, model_uri, str(result.checkpoint_path), fp, False, final_loss, variant,
                             params)
+
+
+def pretrained_tracked(config, cfg: tracking.TrackingConfig) -> TrainedModel:
+    """The untouched backbone of `config` (no head: its pooled features) logged as a model in its own MLflow run,
+    so the comparison reads it like a trained variant. Same backbone/weights/size → the finished run is reused."""
+    import mlflow
+
+    from hmpcl_lib.modeling.models import build_encoder
+
+    params = {"backbone": config.backbone, "weights": str(config.weights), "image_size": config.image_size}
+    fp = tracking.fingerprint("pretrained", params)
+    if (run := tracking.find_run(cfg, fp)) is not None:
+        return TrainedModel(run.info.run_id, run.data.tags["hmpcl.model_uri"], "", fp, True, None, "pretrained",
+                            params)
+    model = build_encoder(config.backbone, embed_dim=None, weights=config.weights, image_size=config.image_size)
+    with tracking.start_run(cfg, run_name="pretrained", fp=fp,
+                            tags={"hmpcl.stage": "pretrained", "hmpcl.variant": "pretrained"}) as run:
+        mlflow.log_params(params)
+        model_uri = tracking.log_encoder(model)
+        mlflow.set_tag("hmpcl.model_uri", model_uri)
+        return TrainedModel(run.info.run_id, model_uri, "", fp, False, None, "pretrained", params)
+
+
+@dataclass(frozen=True)
+class SavedBenchmark:
+    """What the comparison needs of a BenchmarkResult, as saved by `save_variant_results`."""
+    protocol: str
+    metrics: pl.DataFrame
+    per_query: pl.DataFrame | None
+    recall_curve: pl.DataFrame  # k, recall (patent level, for the plot)
+
+
+def save_variant_results(results: dict, out_dir: str | Path, info: dict) -> Path:
+    """{protocol: BenchmarkResult} of one variant → `<out_dir>/<protocol>.{metrics,per_query,recall}.parquet` and
+    `variant.json` (`info`: run id, fingerprints), written to a temp dir and renamed (never half-written)."""
+    import json
+    import shutil
+
+    from hmpcl_lib.retrieval.evaluation import recall_at_k_curve
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for protocol, result in results.items():
+            result.metrics.write_parquet(tmp / f"{protocol}.metrics.parquet")
+            if result.per_query is not None:
+                result.per_query.write_parquet(tmp / f"{protocol}.per_query.parquet")
+            ks, values = recall_at_k_curve(result)
+            pl.DataFrame({"k": ks, "recall": values}).write_parquet(tmp / f"{protocol}.recall.parquet")
+        (tmp / "variant.json").write_text(json.dumps({**info, "protocols": sorted(results)}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_variant_results(out_dir: str | Path) -> tuple[dict, dict[str, SavedBenchmark]]:
+    """(`variant.json`, {protocol: SavedBenchmark}) as `save_variant_results` wrote them; FileNotFoundError names
+    the missing folder."""
+    import json
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "variant.json").is_file():
+        raise FileNotFoundError(f"{out_dir}: no saved variant results (materialize variant_benchmark for it)")
+    info = json.loads((out_dir / "variant.json").read_text())
+    saved = {}
+    for protocol in info["protocols"]:
+        per_query = out_dir / f"{protocol}.per_query.parquet"
+        saved[protocol] = SavedBenchmark(protocol, pl.read_parquet(out_dir / f"{protocol}.metrics.parquet"),
+                                         pl.read_parquet(per_query) if per_query.exists() else None,
+                                         pl.read_parquet(out_dir / f"{protocol}.recall.parquet"))
+    return info, saved
 
 
 PROTOCOL_PREFIX = {"deeppatent": "", "leave_one_out": "loo."}  # MLflow metric names: headline unprefixed

@@ -9,7 +9,8 @@ from hmpcl_lib.taxonomy import quality
 from hmpcl_lib.retrieval.embedding import read_embeddings
 from hmpcl_lib.taxonomy.hierarchy import lic_coverage
 from pipelines.defs.assets.data import lic_hierarchy, splits
-from pipelines.defs.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, model_comparison, retrieval_benchmark
+from pipelines.defs.assets.comparison import model_comparison
+from pipelines.defs.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, retrieval_benchmark
 from pipelines.defs.resources import DataStore
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN

@@ -1,15 +1,16 @@
-"""Jobs: per-year ingest (partitioned), the full pipeline, and retrain (data → model → index → benchmark → registry)."""
+"""Jobs: per-year ingest and per-variant comparison (partitioned), the full pipeline, retrain (data → model → index →
+benchmark → registry), and the comparison report."""
 
 
 import dagster as dg
 
 from pipelines.defs.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits, year_partitions
-from pipelines.defs.assets.retrieval import (champion_model, corpus_embeddings, gallery_index, model_comparison,
-                                        retrieval_benchmark)
+from pipelines.defs.assets.comparison import model_comparison, variant_benchmark, variant_encoder, variant_partitions
+from pipelines.defs.assets.retrieval import champion_model, corpus_embeddings, gallery_index, retrieval_benchmark
 from pipelines.defs.assets.training import trained_encoder
 
-# Dagster runs one partitions definition per run: the year-partitioned ingest is its own job, and the full
-# pipeline is everything downstream of it (over all years ingested so far).
+# Dagster runs one partitions definition per run: the year-partitioned ingest and the variant-partitioned comparison
+# are jobs of their own, and the full pipeline is everything unpartitioned after the ingest.
 ingest_year = dg.define_asset_job(
     "ingest_year", selection=[raw_archives, drawings], partitions_def=year_partitions,
     description="Download (or generate) and parse one year of DeepPatent2.",
@@ -26,9 +27,20 @@ retrain = dg.define_asset_job(
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
     selection=[lic_codes, lic_hierarchy, splits, trained_encoder, corpus_embeddings, gallery_index,
-               retrieval_benchmark, champion_model, model_comparison],
-    description="Everything after the per-year ingest: Locarno codes, hierarchy, splits, training, embeddings, "
-                "index, benchmark, registry, and the pretrained/baseline/hierarchical comparison.",
+               retrieval_benchmark, champion_model],
+    description="Everything unpartitioned after the per-year ingest: Locarno codes, hierarchy, splits, training, "
+                "embeddings, index, benchmark and registry. The comparison runs as compare_variants + compare_models.",
 )
 
-ALL_JOBS = [ingest_year, retrain, full_pipeline]
+compare_variants = dg.define_asset_job(
+    "compare_variants", selection=[variant_encoder, variant_benchmark], partitions_def=variant_partitions,
+    description="Train (or reuse) and benchmark one variant of the model comparison: pretrained, baseline, "
+                "hierarchical. Backfill all three partitions, then compare_models.",
+)
+
+compare_models = dg.define_asset_job(
+    "compare_models", selection=[model_comparison],
+    description="The pretrained / baseline / hierarchical table with paired intervals, from the saved variants.",
+)
+
+ALL_JOBS = [ingest_year, retrain, full_pipeline, compare_variants, compare_models]

@@ -1,7 +1,6 @@
-"""Retrieval assets: corpus embeddings, the search index, the benchmark, the registry champion, the comparison."""
+"""Retrieval assets: corpus embeddings, the search index, the benchmark and the registry champion."""
 
 
-import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +9,11 @@ import dagster as dg
 import polars as pl
 
 from hmpcl_lib import tracking
-from hmpcl_lib.tracking.experiment import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_model, evaluate_protocols,
-                                  log_benchmark, overall_metrics, paired_intervals, train_tracked)
-from hmpcl_lib.io import file_sha256
+from hmpcl_lib.tracking.experiment import TrainedModel, evaluate_model, log_benchmark, overall_metrics
+from hmpcl_lib.io import file_sha256, markdown_table
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
 from pipelines.launchers import GPU_POD_TAGS
-from hmpcl_lib.io import markdown_table
-from pipelines.metadata import image_markdown, table_metadata
+from pipelines.metadata import image_markdown
 from pipelines.defs.resources import DataStore, MlflowTracking
 
 HEADLINE = METRIC_COLUMNS  # the benchmark metrics shown in Dagster and logged for comparisons
@@ -188,80 +185,3 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
         "load_with": dg.MetadataValue.md(
             f"`mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@champion\")`"),
     }))
-
-
-@dg.asset(group_name="retrieval", pool="gpu", kinds={"pytorch", "mlflow"})
-def model_comparison(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
-                     retrieval_benchmark: Benchmark, store: DataStore,
-                     mlflow_tracking: MlflowTracking) -> dg.Output[pl.DataFrame]:
-    """Pretrained-only vs baseline loss vs hierarchical loss on the same split and seed, under both protocols, with
-    paired bootstrap 95 % intervals of the differences, as tables in Dagster and MLflow. The trained encoder's own
-    model is reused; the other variants are trained (or their finished MLflow runs reused) here."""
-    import mlflow
-
-    from hmpcl_lib.modeling.models import build_encoder
-    from hmpcl_lib.train.config import TrainConfig
-
-    cfg = mlflow_tracking.config
-    hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
-    train_cfg = TrainConfig(**{k: v for k, v in trained_encoder.params.items()
-                               if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    size = train_cfg.image_size
-    results = {}
-    context.log.info("evaluating the pretrained backbone without fine-tuning")
-    pretrained = build_encoder(train_cfg.backbone, embed_dim=None, weights=train_cfg.weights)
-    results["pretrained"] = evaluate_protocols(pretrained, hier, spl, size)
-    for loss in ("baseline", "hierarchical"):
-        if loss == trained_encoder.variant:
-            model = tracking.load_model(cfg, trained_encoder.model_uri)
-        else:
-            context.log.info(f"training the {loss} variant with the same config and seed")
-            other = train_tracked(dataclasses.replace(train_cfg, loss=loss), store.layout.hierarchy_path, store.layout.splits_path,
-                                  store.layout.models_dir, cfg, variant=loss)
-            model = tracking.load_model(cfg, other.model_uri)
-        results[loss] = evaluate_protocols(model, hier, spl, size)
-        if loss != trained_encoder.variant:  # its own run gets its benchmark, like the trained encoder's
-            for bench in results[loss].values():
-                log_benchmark(bench, other.run_id, cfg, "retrieval_benchmark")
-    table = comparison_table(results)
-    md = markdown_table(table)
-    pairs = [("baseline", "hierarchical"), ("pretrained", "baseline"), ("pretrained", "hierarchical")]
-    intervals = pl.concat([paired_intervals(results, pairs, protocol) for protocol in ("leave_one_out", "deeppatent")])
-    intervals_md = markdown_table(intervals, max_rows=100)
-    context.log.info("model comparison on the test split:\n" + md + "\n\npaired 95 % intervals:\n" + intervals_md)
-
-    fp = tracking.fingerprint("comparison", trained_encoder.params, file_sha256(store.layout.splits_path))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        from hmpcl_lib.retrieval import plots
-        from hmpcl_lib.retrieval.evaluation import recall_at_k_curve
-
-        headline = {name: r["deeppatent"] for name, r in results.items()}
-        curves = {name: recall_at_k_curve(r) for name, r in headline.items()}
-        recall_png, bar_png = out / "recall_at_k.png", out / "per_class_class_map.png"
-        plots.recall_curve_png(curves, recall_png)
-        plots.per_class_bar_png({n: r.metrics for n, r in headline.items()}, "class_map_at_100", bar_png)
-        (out / "comparison.md").write_text(md + "\n\n" + intervals_md + "\n")
-        table.write_parquet(out / "comparison.parquet")
-        intervals.write_parquet(out / "paired_intervals.parquet")
-        existing = tracking.find_run(cfg, fp)
-        tracking.activate(cfg)
-        run_ctx = (mlflow.start_run(run_id=existing.info.run_id) if existing is not None
-                   else tracking.start_run(cfg, "model-comparison", fp=fp, tags={"hmpcl.stage": "comparison"}))
-        with run_ctx as run:
-            for row in table.iter_rows(named=True):
-                prefix = f"{row['model']}.{PROTOCOL_PREFIX[row['protocol']]}"
-                tracking.log_metrics_safe({prefix + k: v for k, v in row.items() if k in HEADLINE})
-            for row in intervals.iter_rows(named=True):
-                name = f"{row['comparison'].replace(' ', '')}.{PROTOCOL_PREFIX[row['protocol']]}{row['metric']}"
-                tracking.log_metrics_safe({f"{name}.diff": row["diff"], f"{name}.low": row["low"],
-                                           f"{name}.high": row["high"]})
-            for f in out.iterdir():
-                mlflow.log_artifact(str(f), artifact_path="comparison")
-            run_id = run.info.run_id
-        meta = {"comparison": dg.MetadataValue.md(md),
-                "paired_intervals": dg.MetadataValue.md(intervals_md),
-                "recall_at_k": image_markdown("Recall@k", recall_png),
-                "per_class_class_map": image_markdown("class mAP@100 per main class", bar_png),
-                "mlflow_run": dg.MetadataValue.url(tracking.run_url(cfg, run_id))}
-    return dg.Output(table, metadata={**meta, **table_metadata(table)})
