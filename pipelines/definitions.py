@@ -1,7 +1,8 @@
 """The one Dagster code location of hmpcl (`dagster dev` in the repo root loads it through workspace.yaml).
 
 Assets, checks, jobs, schedules and sensors are found in `pipelines/defs/` by `dg.load_from_defs_folder` (the project
-is declared in pyproject.toml's [tool.dg]); the resources they need are bound here.
+is declared in pipelines/dg.toml, shipped inside the package so an installed wheel finds it too); the resources
+they need are bound here.
 """
 
 from pathlib import Path

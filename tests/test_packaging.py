@@ -52,3 +52,19 @@ def test_every_dependency_is_pinned_in_constraints():
         if name == "faiss-gpu":  # the GPU extra replaces faiss-cpu on CUDA machines; not in the CPU lock
             continue
         assert name in pinned, f"{where}: {line!r} has no pin in constraints.txt"
+
+
+def test_an_installed_wheel_loads_the_dagster_definitions(tmp_path):
+    """A Kubernetes image installs the package without the repository: the dg project config must ship inside it."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(ROOT)], check=True, cwd=tmp_path)
+    code = "import pipelines.definitions as d; print(d.__file__, len(d.ALL_ASSETS))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    path, count = out.stdout.split()
+    assert path.startswith(str(target)) and int(count) >= 10
