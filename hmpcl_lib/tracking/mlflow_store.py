@@ -122,14 +122,19 @@ def log_metrics_safe(metrics: dict[str, float], step: int | None = None) -> None
 
 
 def log_encoder(model, name: str = "model") -> str:
-    """Log a torch encoder to the active run; returns a URI `mlflow.pytorch.load_model` accepts."""
-    import mlflow
-    import mlflow.pytorch
+    """Log a torch encoder to the active run as one model with two flavors (`hmpcl_lib.tracking.pyfunc`):
+    `pytorch` (`mlflow.pytorch.load_model`, `load_model` here) and `python_function` (images in, embeddings out:
+    `mlflow models serve`, `mlflow.pyfunc.load_model`). Returns the model's URI."""
+    from mlflow.models import Model
+
+    from hmpcl_lib.tracking import pyfunc
 
     # ship the whole hmpcl_lib package (this file is hmpcl_lib/tracking/mlflow_store.py) so the pickled Encoder
-    # class loads anywhere
+    # class and the pyfunc model load anywhere
     code = str(Path(__file__).resolve().parents[1])
-    info = mlflow.pytorch.log_model(model.cpu().eval(), name=name, code_paths=[code], serialization_format="pickle")
+    info = Model.log(artifact_path=None, name=name, flavor=pyfunc, encoder=model.cpu().eval(), code_paths=[code],
+                     signature=pyfunc.signature(), input_example=pyfunc.input_example(),
+                     pip_requirements=pyfunc.requirements())
     return info.model_uri
 
 
