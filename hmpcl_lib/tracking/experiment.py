@@ -69,7 +69,8 @@ def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Pat
 def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, out_dir: str | Path,
                   cfg: tracking.TrackingConfig, variant: str | None = None,
                   on_metrics: MetricsCallback | None = None, reuse: bool = True) -> TrainedModel:
-    """Train an encoder on the train split and log params, metrics, checkpoint and model to one MLflow run."""
+    """Train an encoder on the train split and log params, metrics, checkpoint and model to one MLflow run, with
+    the hierarchy and splits tables as its datasets (digest: the file's SHA-256) and MLflow's system metrics."""
     import mlflow
 
     from hmpcl_lib.train.loop import train
@@ -88,8 +89,10 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
     rows = train_rows(hierarchy, splits)
     out_dir = Path(out_dir) / fp
     with tracking.start_run(cfg, run_name=f"train-{variant}", fp=fp,
-                            tags={"hmpcl.stage": "train", "hmpcl.variant": variant}) as run:
+                            tags={"hmpcl.stage": "train", "hmpcl.variant": variant}, system_metrics=True) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
+        tracking.log_dataset(hierarchy_path, "training", hierarchy)
+        tracking.log_dataset(splits_path, "training", splits)
         mlflow.log_params({"train_drawings": rows.height, "train_patents": rows["patent_id"].n_unique()})
 
         def log_step(step: int, metrics: dict) -> None:

@@ -20,6 +20,7 @@ FINGERPRINT_TAG = "hmpcl.fingerprint"
 
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SYSTEM_METRICS_INTERVAL_S = 5  # MLflow's default is 10 s: a short training run would show few or no samples
 
 
 def default_tracking_uri() -> str:
@@ -99,8 +100,14 @@ def find_run(cfg: TrackingConfig, fp: str, status: str = "FINISHED"):
 
 @contextlib.contextmanager
 def start_run(cfg: TrackingConfig, run_name: str, fp: str | None = None, tags: dict[str, str] | None = None,
-              nested: bool = False) -> Iterator[Any]:
-    """Start (and end) an MLflow run in the project experiment; a failure marks the run FAILED."""
+              nested: bool = False, system_metrics: bool = False) -> Iterator[Any]:
+    """Start (and end) an MLflow run in the project experiment; a failure marks the run FAILED.
+
+    `system_metrics`: MLflow's own `system/*` metrics (CPU, memory, disk, network; GPU when pynvml is installed)
+    sampled every SYSTEM_METRICS_INTERVAL_S seconds, unless $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
+    otherwise (MLflow logs no sample for a run shorter than the interval)."""
+    import os
+
     import mlflow
 
     exp = experiment_id(cfg)
@@ -108,8 +115,32 @@ def start_run(cfg: TrackingConfig, run_name: str, fp: str | None = None, tags: d
     if fp:
         all_tags[FINGERPRINT_TAG] = fp
     activate(cfg)
-    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=all_tags, nested=nested) as run:
+    if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=all_tags, nested=nested,
+                          log_system_metrics=system_metrics) as run:
         yield run
+
+
+def log_dataset(path: str | Path, context: str, df=None, name: str | None = None) -> str:
+    """Log a Parquet table as an input of the active run (the run's Datasets column), its digest the first 32 hex
+    digits of the file's SHA-256 (MLflow keeps at most 36): the same file shows the same digest in every run.
+    `df`: the table already read from `path` (else it is read here)."""
+    import warnings
+
+    import mlflow
+    import polars as pl
+
+    from hmpcl_lib.io import file_sha256
+
+    path = Path(path).resolve()
+    digest = file_sha256(path)[:32]
+    with warnings.catch_warnings():  # MLflow registers two equivalent sources for file URIs and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_polars(pl.read_parquet(path) if df is None else df, source=path.as_uri(),
+                                          name=name or path.stem, digest=digest)
+    mlflow.log_input(dataset, context=context)
+    return digest
 
 
 def log_metrics_safe(metrics: dict[str, float], step: int | None = None) -> None:
