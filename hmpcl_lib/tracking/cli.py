@@ -210,7 +210,9 @@ def champion_command(cfg: tracking.TrackingConfig) -> str:
              f"version:  {version.version} (alias {tracking.CHAMPION})",
              f"run_id:   {version.run_id}",
              f"created:  {format_time(version.creation_timestamp)}",
-             f"load:     mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@{tracking.CHAMPION}\")"]
+             f"load:     mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@{tracking.CHAMPION}\")",
+             f"serve:    mlflow models serve -m models:/{cfg.registered_model}@{tracking.CHAMPION} --env-manager local "
+             "(POST {\"dataframe_records\": [{\"image\": <base64 PNG/JPEG>}]} to /invocations)"]
     tags = sorted(version.tags.items())
     lines += ["", "Tags:", render_table(["tag", "value"], [[k, v] for k, v in tags]) if tags else "(no tags)"]
     if version.run_id:
