@@ -114,6 +114,7 @@ def test_paths_only_under_the_allowed_root(store, monkeypatch, tmp_path):
     (pd.DataFrame({"image": [encode_image(_png_bytes((200, 200)))]}),
      "row 0 (image): image is 200x200 = 40000 pixels, above the pixel limit of 10000"),
     (pd.DataFrame({"image": pd.Series([], dtype=str)}), "empty request"),
+    (pd.DataFrame({"picture": ["x"]}), "empty request: send at least one row with a column 'image'"),
     (pd.DataFrame({"image": [encode_image(_png_bytes((8, 8))), None]}), "row 1: give exactly one of"),
 ])
 def test_bad_input_is_a_400_naming_the_problem(store, frame, message):
