@@ -110,6 +110,13 @@ def test_comparison_table_and_mlflow(env):
     runs = mlflow.search_runs(experiment_names=[cfg.experiment])
     assert {"train-hierarchical", "train-baseline", "pretrained", "model-comparison"} <= set(runs["tags.mlflow.runName"])
     trained = runs[runs["tags.mlflow.runName"] == "train-hierarchical"].iloc[0]
+    inputs = mlflow.get_run(trained["run_id"]).inputs.dataset_inputs
+    contexts = {(i.dataset.name, t.value) for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert {("lic_hierarchy", "training"), ("splits", "training"), ("test_split", "evaluation")} <= contexts
+    champion_meta = next(e.event_specific_data.materialization.metadata
+                         for e in env["result"].get_asset_materialization_events()
+                         if e.asset_key.path[-1] == "champion_model")
+    assert "mlflow models serve" in champion_meta["serve_it"].value and "make search" in champion_meta["search_it"].value
     assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "hierarchical"
     champion = mlflow.pytorch.load_model(f"models:/{cfg.registered_model}@champion")
     import torch

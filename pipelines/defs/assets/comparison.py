@@ -61,13 +61,19 @@ with warnings.catch_warnings():
 def variant_benchmark(context: dg.AssetExecutionContext, variant_encoder: TrainedModel, store: DataStore,
                       mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     """The variant's test split embedded and benchmarked under both protocols (headline and leave-one-out),
-    logged to its MLflow run and saved (metrics, per-query metrics, recall curve) for `model_comparison`."""
+    logged to its MLflow run (with the test split as its evaluation dataset) and saved (metrics, per-query metrics,
+    recall curve) for `model_comparison`."""
+    import mlflow
+
     cfg = mlflow_tracking.config
     hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
     model = tracking.load_model(cfg, variant_encoder.model_uri)
     results = evaluate_protocols(model, hier, spl, int(variant_encoder.params.get("image_size", 128)),
                                  protocols=PROTOCOLS)
     overall = {p: log_benchmark(r, variant_encoder.run_id, cfg, "variant_benchmark") for p, r in results.items()}
+    tracking.activate(cfg)
+    with mlflow.start_run(run_id=variant_encoder.run_id):
+        tracking.log_dataset(store.layout.splits_path, "evaluation", spl.filter(pl.col("split") == "test"), name="test_split")
     out = save_variant_results(results, store.layout.variant_dir(context.partition_key), {
         "variant": context.partition_key, "run_id": variant_encoder.run_id,
         "fingerprint": variant_encoder.fingerprint, "split_sha256": file_sha256(store.layout.splits_path)})

@@ -17,6 +17,11 @@ from pipelines.metadata import image_markdown
 from pipelines.defs.resources import DataStore, MlflowTracking
 
 HEADLINE = METRIC_COLUMNS  # the benchmark metrics shown in Dagster and logged for comparisons
+SEARCH_HOWTO = ("**Search drawings in the browser:** `make search` → http://127.0.0.1:8000 (the champion's index; "
+                "this one: `hmpcl serve --index {index}`). JSON: `POST /api/search`.")
+SERVE_HOWTO = ("**Serve the encoder over HTTP:** `mlflow models serve -m models:/{model}@champion --env-manager local "
+               "-h 127.0.0.1 -p 5001`, then POST `{{\"dataframe_records\": [{{\"image\": \"<base64 PNG>\"}}]}}` to "
+               "`/invocations` → one L2-normalised embedding per row.")
 
 
 def _clean(meta: dict) -> dict:
@@ -63,7 +68,10 @@ def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddin
     index = VectorIndex.build(ids, vectors)
     out = store.layout.index_dir(corpus_embeddings.run_id)
     index.save(out)
-    return dg.Output(str(out), metadata={"vectors": len(ids), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out))})
+    return dg.Output(str(out), metadata={
+        "vectors": len(ids), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out)),
+        "search_it": dg.MetadataValue.md(SEARCH_HOWTO.format(index=out)),
+    })
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
         grids = _query_grids(result, hier, out)
         tracking.activate(cfg)
         with mlflow.start_run(run_id=trained_encoder.run_id):
+            tracking.log_dataset(store.layout.splits_path, "evaluation", spl.filter(pl.col("split") == "test"), name="test_split")
             for f in [*files.values(), *grids]:
                 mlflow.log_artifact(str(f), artifact_path="plots")
         plot_meta = {k: image_markdown(k, v) for k, v in files.items()}
@@ -183,5 +192,9 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
         "previous_champion": decision.champion_version,
         "candidate_patent_map": dg.MetadataValue.float(candidate),
         "load_with": dg.MetadataValue.md(
-            f"`mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@champion\")`"),
+            f"`mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@champion\")` (torch module), or "
+            f"`mlflow.pyfunc.load_model(\"models:/{cfg.registered_model}@champion\").predict(df)` "
+            "(a column `image` of base64 PNG/JPEG → L2-normalised embeddings)"),
+        "serve_it": dg.MetadataValue.md(SERVE_HOWTO.format(model=cfg.registered_model)),
+        "search_it": dg.MetadataValue.md(SEARCH_HOWTO.format(index=store.layout.index_dir(trained_encoder.run_id))),
     }))
