@@ -8,7 +8,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export HMPCL_DATA_ROOT ?= $(CURDIR)/data
 export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 
-.PHONY: setup run test dev mlflow bench clean
+.PHONY: setup run test dev mlflow search bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ dev: setup
 mlflow: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) \
 		--default-artifact-root $(HMPCL_MLFLOW_ARTIFACTS) --host 127.0.0.1 --port 5000 --workers 1
+
+## Open the search page on http://127.0.0.1:8000 (the champion's index; needs `make run` first)
+search: setup
+	$(VENV)/bin/hmpcl serve --host 127.0.0.1 --port 8000
 
 ## The benchmark scripts behind the README's figures (each prints a markdown table).
 bench: setup

@@ -26,15 +26,20 @@ def load_drawing(path: str, mode: str = "RGB", record: str | int | None = None) 
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "P", "PA"):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert(mode)
+            return flatten_drawing(img, mode)
     except FileNotFoundError as e:
         raise InputError("image file is missing", source=path, record=record) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"image cannot be decoded ({type(e).__name__}: {e})", source=path, record=record) from e
+
+
+def flatten_drawing(img: Image.Image, mode: str = "RGB") -> Image.Image:
+    """A decoded image in `mode`, palette/alpha flattened onto white (transparent backgrounds must not turn black)."""
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert(mode)
 
 
 class DrawingDataset(Dataset):

@@ -3,6 +3,9 @@
 Query images come from users, so they are treated as hostile: a path outside `data_root` (when set) is refused,
 the header is read first (PIL opens lazily) and images above `max_pixels` are refused before any pixel is
 decoded, so memory stays bounded; non-images and truncated files raise InputError naming the file.
+Uploaded bytes (the search page, `hmpcl_lib.serve`) go through the same checks in memory (`open_query_bytes`), and
+only the formats in UPLOAD_FORMATS are decoded. `ImageTooLarge` and `UnsupportedImage` are the InputErrors a caller
+may want to tell apart (the web app answers 413/415 for them).
 
 CLI: python -m hmpcl_lib.retrieval.search --image drawing.png -k 10 [--model-uri models:/hmpcl-encoder@champion]
      [--model-checkpoint encoder.pt] [--index data/index] [--hierarchy data/parsed/lic_hierarchy.parquet]
@@ -11,6 +14,7 @@ CLI: python -m hmpcl_lib.retrieval.search --image drawing.png -k 10 [--model-uri
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import warnings
@@ -22,7 +26,7 @@ import polars as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hmpcl_lib.modeling.dataset import load_drawing
+from hmpcl_lib.modeling.dataset import flatten_drawing, load_drawing
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.layout import DataLayout
 from hmpcl_lib.retrieval.index import VectorIndex
@@ -33,6 +37,16 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
 RESULT_COLUMNS = ["rank", "drawing_id", "patent_id", "class_code", "subclass_code", "score", "image_path"]
 HIERARCHY_COLUMNS = ["drawing_id", "patent_id", "class_code", "subclass_code", "image_path"]
+# What an upload may be: PIL decodes many more formats (some through external programs, e.g. EPS via Ghostscript).
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+
+
+class ImageTooLarge(InputError):
+    """The image's header claims more pixels than the limit (nothing was decoded)."""
+
+
+class UnsupportedImage(InputError):
+    """Not an image PIL can identify (among the allowed formats)."""
 
 
 def check_query_path(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
@@ -45,27 +59,55 @@ def check_query_path(path: str | os.PathLike, data_root: str | os.PathLike | Non
     return resolved
 
 
+def _check_header(
+    fp: Any, source: str, max_pixels: int, formats: Sequence[str] | None = None
+) -> tuple[int, int]:
+    """(width, height) from the header only; refuse non-images and images above `max_pixels` before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
+            with Image.open(fp, formats=formats) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image is too large, above the pixel limit ({exc})", source=source) from exc
+    except UnidentifiedImageError as exc:
+        allowed = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise UnsupportedImage(f"not a readable image{allowed} ({type(exc).__name__}: {exc})", source=source) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"not a readable image ({type(exc).__name__}: {exc})", source=source) from exc
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, above the pixel limit of {max_pixels}", source=source
+        )
+    return width, height
+
+
 def open_query_image(
     path: str | os.PathLike, data_root: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Checked, fully decoded RGB image; the size is checked from the header before decoding."""
     resolved = check_query_path(path, data_root)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
-            with Image.open(resolved) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image is too large, above the pixel limit ({exc})", source=str(path)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"not a readable image ({type(exc).__name__}: {exc})", source=str(path)) from exc
-    if width * height > max_pixels:
-        raise InputError(
-            f"image is {width}x{height} = {width * height} pixels, above the pixel limit of {max_pixels}", source=str(path)
-        )
+    _check_header(resolved, str(path), max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return load_drawing(str(resolved), "RGB")
+
+
+def open_query_bytes(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "upload", formats: Sequence[str] = UPLOAD_FORMATS
+) -> Image.Image:
+    """`open_query_image` for bytes held in memory (an upload): same header checks, only `formats` decoded."""
+    if not data:
+        raise UnsupportedImage("empty upload: no image bytes", source=source)
+    _check_header(io.BytesIO(data), source, max_pixels, formats)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                img.load()
+                return flatten_drawing(img, "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", source=source) from exc
 
 
 class Searcher:
@@ -103,7 +145,14 @@ class Searcher:
 
     def embed_image(self, path: str | os.PathLike) -> np.ndarray:
         """[1, D] float32 unit vector of the query image (after the hostile-input checks)."""
-        image = open_query_image(path, self.data_root, self.max_pixels)
+        return self.embed_pil(open_query_image(path, self.data_root, self.max_pixels))
+
+    def embed_bytes(self, data: bytes, source: str = "upload") -> np.ndarray:
+        """[1, D] unit vector of an image held in memory (an upload), after the same checks as `embed_image`."""
+        return self.embed_pil(open_query_bytes(data, self.max_pixels, source=source))
+
+    def embed_pil(self, image: Image.Image) -> np.ndarray:
+        """[1, D] unit vector of an already checked and decoded RGB image."""
         with torch.inference_mode():
             vector = self.model(self.transform(image).unsqueeze(0).to(self.device))
         return torch.nn.functional.normalize(vector.float(), dim=-1).cpu().numpy()

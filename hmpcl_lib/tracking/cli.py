@@ -11,6 +11,8 @@ mlflow is imported inside the commands to keep `hmpcl --help` instant.
     hmpcl sweep --seeds 0 1 2 [--variant NAME ...] [--set epochs=4]
                                      (train a grid of loss/sampler/schedule variants over seeds; MLflow parent run
                                       with one child per run; table with mean ± sd, paired intervals, Pareto front)
+    hmpcl serve [--port 8000]        (the search page over the champion's index on 127.0.0.1; `make search`;
+                                      see hmpcl_lib.serve.cli)
 """
 
 from __future__ import annotations
@@ -255,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default=None, help="results folder (default: DATA_ROOT/sweeps/NAME); reruns resume")
     w.add_argument("--name", default="sweep", help="MLflow parent run name")
     w.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    v = sub.add_parser("serve", parents=[common],
+                       help="the search page over the champion's index (http://127.0.0.1:8000)")
+    from hmpcl_lib.serve.cli import add_arguments as add_serve_arguments  # argparse only; the web stack loads later
+
+    add_serve_arguments(v)
     return parser
 
 
@@ -275,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = sweep_command(args.data_root, args.variants or list(sweep.VARIANTS), args.seeds, args.overrides,
                                 args.out, args.name, None if args.no_mlflow else cfg, args.protocol)
+        elif args.command == "serve":
+            from hmpcl_lib.serve.cli import serve
+
+            out = serve(args, cfg.tracking_uri, cfg.registered_model)
         else:
             out = champion_command(cfg)
     except HmpclError as err:

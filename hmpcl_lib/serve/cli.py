@@ -1,0 +1,101 @@
+"""`hmpcl serve`: the search page over the champion's index on 127.0.0.1 (`make search`).
+
+    hmpcl serve [--port 8000] [--host 127.0.0.1 [--allow-remote]] [--data-root DIR]
+                [--model-uri models:/hmpcl-encoder@champion | --model-checkpoint encoder.pt] [--index DIR]
+
+By default the model is the registry's champion (tracking URI from --tracking-uri / $MLFLOW_TRACKING_URI) and the
+index is the one the `gallery_index` asset wrote for the champion's run (`<data root>/index/<run id>`). Without
+a champion, an index or the hierarchy table it stops with a message saying to run `make run` first. A host other
+than a loopback address is refused unless --allow-remote is given: the page has no authentication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+from hmpcl_lib.errors import HmpclError, InputError
+from hmpcl_lib.layout import DataLayout, default_data_root
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_PIXELS = 50_000_000  # hmpcl_lib.retrieval.search's (not imported here: `hmpcl --help` stays instant)
+RUN_FIRST = "run `make run` first (or pass --model-checkpoint and --index)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The serve options (the caller adds --tracking-uri and --registered-model)."""
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (the page has no authentication)")
+    p.add_argument("--data-root", default=default_data_root(), help="data root (default: $HMPCL_DATA_ROOT or ./data)")
+    p.add_argument("--model-uri", default=None,
+                   help="MLflow model URI (default: models:/<registered model>@champion)")
+    p.add_argument("--model-checkpoint", default=None, help="encoder file instead of MLflow")
+    p.add_argument("--index", default=None, help="index directory (default: the index of the model's MLflow run)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default 10 MB)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image accepted (pixels)")
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback listen address unless explicitly allowed."""
+    if allow_remote:
+        return
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise HmpclError(f"refusing to listen on {host!r}: the search page has no authentication; "
+                         "use a loopback address (127.0.0.1) or pass --allow-remote explicitly")
+
+
+def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str):
+    """The app over the configured model and index; HmpclError with what to do when something is missing."""
+    import polars as pl
+
+    from hmpcl_lib.retrieval.index import VectorIndex
+    from hmpcl_lib.retrieval.search import Searcher, _load_model, default_index_dir
+    from hmpcl_lib.serve.app import Limits, create_app
+
+    layout = DataLayout(Path(args.data_root))
+    if not layout.hierarchy_path.is_file():
+        raise HmpclError(f"no hierarchy table at {layout.hierarchy_path}: {RUN_FIRST}, or pass --data-root")
+    model_uri = args.model_uri or f"models:/{registered_model}@champion"
+    spec = argparse.Namespace(model_checkpoint=args.model_checkpoint, model_uri=model_uri, tracking_uri=tracking_uri)
+    if not args.model_checkpoint and tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not store.is_file():
+            raise HmpclError(f"no MLflow store at {store.resolve()} (tracking URI {tracking_uri}): {RUN_FIRST}")
+    try:
+        index_dir = Path(args.index or default_index_dir(spec, layout))
+    except InputError as exc:
+        raise HmpclError(f"no champion model to serve ({exc}): {RUN_FIRST}") from exc
+    if not (index_dir / "index.faiss").is_file():
+        raise HmpclError(f"no gallery index at {index_dir}: {RUN_FIRST}, or pass --index DIR")
+    try:
+        model = _load_model(spec)
+    except InputError as exc:
+        raise HmpclError(f"cannot load the model ({exc}): {RUN_FIRST}") from exc
+    searcher = Searcher(model, VectorIndex.load(index_dir, use_gpu=False), pl.read_parquet(layout.hierarchy_path),
+                        data_root=layout.root, max_pixels=args.max_pixels)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    return create_app(searcher, layout, limits=limits), model_uri if not args.model_checkpoint else args.model_checkpoint, index_dir
+
+
+def serve(args: argparse.Namespace, tracking_uri: str, registered_model: str) -> str:
+    """Check the host, load everything, then run uvicorn until interrupted."""
+    check_host(args.host, args.allow_remote)
+    if not 0 < args.port < 65536:
+        raise HmpclError(f"--port must be 1..65535, got {args.port}")
+    app, model, index_dir = load_app(args, tracking_uri, registered_model)
+    import uvicorn
+
+    print(f"hmpcl serve: model {model}, index {index_dir}\n"
+          f"hmpcl serve: open http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info", server_header=False)
+    return "hmpcl serve: stopped"

@@ -1,0 +1,284 @@
+"""The search page's app (hmpcl_lib.serve) through FastAPI's TestClient on a tiny rendered corpus: ranking, class
+filter, hostile uploads and ids, thumbnails, the startup checks of `hmpcl serve`."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from hmpcl_lib.errors import HmpclError
+from hmpcl_lib.modeling.models import build_encoder
+from hmpcl_lib.retrieval import search as search_module
+from hmpcl_lib.sample import SampleSpec
+from hmpcl_lib.serve import cli as serve_cli
+from hmpcl_lib.serve.app import Limits, create_app
+from hmpcl_lib.serve.demo import demo_searcher, write_demo_corpus
+
+SPEC = SampleSpec(years=(2019,), n_classes=3, subclasses_per_class=2, patents_per_subclass=1, views=(3, 3),
+                  image_size=64, faults=False)  # 3 classes x 2 subclasses x 1 patent x 3 views = 18 drawings
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (decoding it would need huge memory)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    layout = write_demo_corpus(tmp_path_factory.mktemp("data"), SPEC)
+    torch.manual_seed(0)
+    model = build_encoder("efficientnet_lite0", embed_dim=16, weights="none", image_size=64)
+    searcher = demo_searcher(layout, model)
+    hierarchy = pl.read_parquet(layout.hierarchy_path)
+    return layout, searcher, hierarchy
+
+
+@pytest.fixture(scope="module")
+def client(corpus):
+    layout, searcher, _ = corpus
+    limits = Limits(max_upload_bytes=64 * 1024, max_k=20)
+    with TestClient(create_app(searcher, layout, limits=limits)) as c:
+        yield c
+
+
+def test_upload_of_a_corpus_drawing_finds_it_first_with_its_metadata(client, corpus):
+    _, _, hierarchy = corpus
+    row = hierarchy.row(4, named=True)
+    body = Path(row["image_path"]).read_bytes()
+    resp = client.post("/api/search?k=5", content=body, headers={"Content-Type": "image/png"})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["query"]["kind"] == "upload" and data["count"] == 5 and data["note"] is None
+    first = data["results"][0]
+    assert first["drawing_id"] == row["drawing_id"] and first["patent_id"] == row["patent_id"]
+    assert first["score"] == pytest.approx(1.0, abs=1e-4)
+    assert first["grant_date"] == f"{row['patent_id'][-8:-4]}-{row['patent_id'][-4:-2]}-{row['patent_id'][-2:]}"
+    assert first["class_code"] == row["class_code"] and first["class_title"] == row["class_title"]
+    assert first["subclass_code"] == row["subclass_code"] and first["subclass_title"] == row["subclass_title"]
+    assert first["class_title"] and first["subclass_title"]
+    assert first["thumbnail"] == f"/thumb/{row['drawing_id']}"
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3, 4, 5]
+    scores = [r["score"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert "image_path" not in first  # no server paths leave the app
+    assert set(data["timing_ms"]) == {"embed", "search"}
+
+
+def test_corpus_drawing_query_page_and_api_agree(client, corpus):
+    _, _, hierarchy = corpus
+    row = hierarchy.row(7, named=True)
+    api = client.get("/api/search", params={"drawing_id": row["drawing_id"], "k": 4}).json()
+    assert api["query"]["kind"] == "drawing" and api["query"]["patent_id"] == row["patent_id"]
+    assert api["results"][0]["drawing_id"] == row["drawing_id"]
+    page = client.get("/search", params={"drawing_id": row["drawing_id"], "k": 4})
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for r in api["results"]:
+        assert f'data-drawing-id="{r["drawing_id"]}"' in page.text
+    assert row["class_title"] in page.text
+    assert 'class="card same-patent"' in page.text  # the query's own patent is marked
+
+
+def test_class_filter_returns_only_that_class_and_says_when_fewer_match(client, corpus):
+    _, _, hierarchy = corpus
+    query = hierarchy.filter(pl.col("class_code") == hierarchy["class_code"][0])["drawing_id"][0]
+    other = sorted(set(hierarchy["class_code"]) - {hierarchy["class_code"][0]})[0]
+    in_class = hierarchy.filter(pl.col("class_code") == other).height  # 6 drawings per class
+    data = client.get("/api/search", params={"drawing_id": query, "k": 3, "class": other}).json()
+    assert data["count"] == 3 and {r["class_code"] for r in data["results"]} == {other}
+    assert data["note"] is None and data["class"] == other
+    data = client.get("/api/search", params={"drawing_id": query, "k": 20, "class": int(other)}).json()
+    assert data["count"] == in_class and {r["class_code"] for r in data["results"]} == {other}
+    assert f"only {in_class} of the requested 20" in data["note"]
+    assert [r["rank"] for r in data["results"]] == list(range(1, in_class + 1))
+    empty = client.get("/api/search", params={"drawing_id": query, "k": 5, "class": "31"}).json()
+    assert empty["count"] == 0 and "only 0" in empty["note"]
+    page = client.get("/search", params={"drawing_id": query, "k": 20, "class": other})
+    assert f"only {in_class} of the requested 20" in page.text
+
+
+def test_bad_parameters_are_4xx_with_a_message(client, corpus):
+    _, _, hierarchy = corpus
+    drawing = hierarchy["drawing_id"][0]
+    for params, status, text in [({"drawing_id": drawing, "k": 0}, 400, "k must be"),
+                                 ({"drawing_id": drawing, "k": 21}, 400, "k must be from 1 to 20"),
+                                 ({"drawing_id": drawing, "k": "ten"}, 400, "whole number"),
+                                 ({"drawing_id": drawing, "class": "6; drop"}, 400, "Locarno class"),
+                                 ({}, 400, "drawing_id"),
+                                 ({"drawing_id": "USD0000000-20190101-D00001"}, 404, "no drawing")]:
+        resp = client.get("/api/search", params=params)
+        assert resp.status_code == status and text in resp.json()["error"], (params, resp.text)
+    page = client.get("/search", params={"drawing_id": "nope"})
+    assert page.status_code == 404 and "no drawing &#39;nope&#39; in the corpus" in page.text
+
+
+def test_hostile_uploads(client):
+    not_image = client.post("/api/search", content=b"%PDF-1.4 definitely not a drawing",
+                            headers={"Content-Type": "application/pdf"})
+    assert not_image.status_code == 415 and "not an image we can read" in not_image.json()["error"]
+    assert "PNG" in not_image.json()["error"]
+    eps = client.post("/api/search", content=b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    assert eps.status_code == 415  # PIL could open EPS through Ghostscript: not an accepted format
+    assert client.post("/api/search", content=b"").status_code == 400
+    png = io.BytesIO()
+    Image.new("L", (40, 30), 255).save(png, format="PNG")
+    truncated = client.post("/api/search", content=png.getvalue()[:60])
+    assert truncated.status_code == 400 and "cannot be read" in truncated.json()["error"]
+    too_big = client.post("/api/search", content=b"\0" * (64 * 1024 + 1), headers={"Content-Type": "image/png"})
+    assert too_big.status_code == 413 and "limit of 65536 bytes" in too_big.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        for _ in range(100):
+            yield b"\0" * 4096
+
+    streamed = client.post("/api/search", content=chunks())
+    assert streamed.status_code == 413
+    bomb = client.post("/api/search", content=png_claiming_size(100_000, 100_000))
+    assert bomb.status_code == 413 and "pixel limit" in bomb.json()["error"]
+    form = client.post("/api/search", files={"file": ("x.png", png.getvalue(), "image/png")})
+    assert form.status_code == 415 and "not a multipart form" in form.json()["error"]
+    # the page's fragment shows the same message
+    fragment = client.post("/search", content=b"hello")
+    assert fragment.status_code == 415 and 'role="alert"' in fragment.text and "not an image" in fragment.text
+
+
+def test_pixel_limit_applies_to_uploads(corpus):
+    layout, searcher, hierarchy = corpus
+    small = search_module.Searcher(searcher.model, searcher.index, hierarchy, data_root=layout.root, max_pixels=1000)
+    with TestClient(create_app(small, layout)) as c:
+        resp = c.post("/api/search", content=Path(hierarchy["image_path"][0]).read_bytes())
+    assert resp.status_code == 413 and "64x64 = 4096 pixels, above the pixel limit of 1000" in resp.json()["error"]
+
+
+def test_thumbnails_only_by_known_id(client, corpus, tmp_path):
+    layout, _, hierarchy = corpus
+    resp = client.get(f"/thumb/{hierarchy['drawing_id'][0]}")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    assert "max-age" in resp.headers["cache-control"]
+    assert Image.open(io.BytesIO(resp.content)).size[0] <= 192
+    assert client.get("/thumb/USD0000000-20190101-D00001").status_code == 404
+    secret = tmp_path / "secret.png"
+    Image.new("L", (8, 8), 0).save(secret)
+    for attempt in ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", str(secret), "%2Fetc%2Fpasswd",
+                    "..", "%00", "%2E%2E"]:
+        resp = client.get(f"/thumb/{attempt}")
+        # 404, or (`/thumb/..` is normalised to `/` by the client) some page: never an image, never the file
+        assert resp.status_code == 404 or attempt == "..", attempt
+        assert resp.headers.get("content-type") != "image/png" and "root:" not in resp.text, attempt
+    for attempt in ["../../../../etc/passwd", str(secret)]:
+        resp = client.get("/api/search", params={"drawing_id": attempt})
+        assert resp.status_code == 404 and "root:" not in resp.text
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_a_hierarchy_row_pointing_outside_the_data_root_is_never_served(corpus, tmp_path):
+    layout, searcher, hierarchy = corpus
+    outside = tmp_path / "outside.png"
+    Image.new("L", (32, 32), 0).save(outside)
+    tampered = hierarchy.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(str(outside))).otherwise(pl.col("image_path"))
+        .alias("image_path"))
+    from hmpcl_lib.serve.catalog import Catalog
+
+    with TestClient(create_app(searcher, layout, catalog=Catalog(tampered, layout))) as c:
+        assert c.get(f"/thumb/{tampered['drawing_id'][0]}").status_code == 404
+        resp = c.get("/api/search", params={"drawing_id": tampered["drawing_id"][0]})
+        assert resp.status_code == 404 and "outside the data root" in resp.json()["error"]
+        assert c.get(f"/thumb/{tampered['drawing_id'][1]}").status_code == 200
+
+
+def test_home_page_lists_classes_and_examples(client, corpus):
+    _, _, hierarchy = corpus
+    page = client.get("/")
+    assert page.status_code == 200
+    for code, title in hierarchy.select("class_code", "class_title").unique().iter_rows():
+        assert f'<option value="{code}"' in page.text and title in page.text
+    assert "/search?drawing_id=" in page.text and 'type="file"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/healthz").json() == {"status": "ok", "drawings": 18, "index": 18}
+    assert client.get("/static/search.js").status_code == 200
+
+
+def test_grant_dates_come_from_the_drawings_tables_when_present(corpus, tmp_path):
+    from hmpcl_lib.layout import DataLayout
+    from hmpcl_lib.serve.catalog import Catalog
+    import datetime as dt
+
+    _, _, hierarchy = corpus
+    layout = DataLayout(tmp_path)
+    layout.drawings_path(2019).parent.mkdir(parents=True)
+    pl.DataFrame({"drawing_id": [hierarchy["drawing_id"][0]], "grant_date": [dt.date(2001, 2, 3)]}).write_parquet(
+        layout.drawings_path(2019))
+    catalog = Catalog(hierarchy.drop("class_title", "subclass_title"), layout)
+    first, second = catalog.get(hierarchy["drawing_id"][0]), catalog.get(hierarchy["drawing_id"][1])
+    assert first["grant_date"] == dt.date(2001, 2, 3)
+    assert second["grant_date"].strftime("%Y%m%d") == hierarchy["patent_id"][1][-8:]
+    assert first["class_title"] == hierarchy["class_title"][0]  # from the taxonomy of the row's edition
+    assert first["subclass_title"] == hierarchy["subclass_title"][0]
+
+
+def test_host_check():
+    for host in ["127.0.0.1", "127.0.0.2", "::1", "localhost"]:
+        serve_cli.check_host(host, allow_remote=False)
+    for host in ["0.0.0.0", "192.168.1.5", "::", "example.com"]:
+        with pytest.raises(HmpclError, match="--allow-remote"):
+            serve_cli.check_host(host, allow_remote=False)
+        serve_cli.check_host(host, allow_remote=True)
+    assert serve_cli.DEFAULT_MAX_PIXELS == search_module.DEFAULT_MAX_PIXELS
+
+
+def test_hmpcl_serve_refuses_remote_hosts_and_says_to_run_make_run(tmp_path, capsys, monkeypatch):
+    from hmpcl_lib.tracking.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--host", "0.0.0.0", "--data-root", str(tmp_path)]) == 1
+    assert "--allow-remote" in capsys.readouterr().err
+    assert main(["serve", "--data-root", str(tmp_path / "empty")]) == 1
+    assert "run `make run` first" in capsys.readouterr().err
+
+
+def test_hmpcl_serve_startup_errors_with_a_corpus(corpus, tmp_path, capsys):
+    from hmpcl_lib.tracking.cli import main
+
+    layout, searcher, _ = corpus
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["serve", "--data-root", str(layout.root), "--tracking-uri", uri]) == 1
+    assert "no MLflow store" in (err := capsys.readouterr().err) and "make run" in err
+    checkpoint = tmp_path / "encoder.pt"
+    torch.save({"encoder_config": searcher.model.config, "model": searcher.model.state_dict()}, checkpoint)
+    assert main(["serve", "--data-root", str(layout.root), "--model-checkpoint", str(checkpoint)]) == 1
+    assert "pass --index" in capsys.readouterr().err
+    assert main(["serve", "--data-root", str(layout.root), "--model-checkpoint", str(checkpoint),
+                 "--index", str(tmp_path / "none")]) == 1
+    assert "no gallery index" in capsys.readouterr().err
+
+
+def test_load_app_from_a_checkpoint_and_index(corpus, tmp_path):
+    import argparse
+
+    layout, searcher, hierarchy = corpus
+    checkpoint = tmp_path / "encoder.pt"
+    torch.save({"encoder_config": searcher.model.config, "model": searcher.model.state_dict()}, checkpoint)
+    index_dir = searcher.index.save(tmp_path / "index")
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    args = parser.parse_args(["--data-root", str(layout.root), "--model-checkpoint", str(checkpoint),
+                              "--index", str(index_dir), "--max-upload-mb", "0.001"])
+    app, model, loaded = serve_cli.load_app(args, "sqlite:///unused.db", "hmpcl-encoder")
+    assert Path(loaded) == Path(index_dir) and model == str(checkpoint)
+    with TestClient(app) as c:
+        row = hierarchy.row(2, named=True)
+        data = c.get("/api/search", params={"drawing_id": row["drawing_id"], "k": 2}).json()
+        assert data["results"][0]["drawing_id"] == row["drawing_id"]
+        assert c.post("/api/search", content=b"\0" * 2000).status_code == 413  # 0.001 MB = 1048 bytes
