@@ -203,3 +203,9 @@ def test_training_one_tiny_epoch_from_the_store(table, tmp_path):
     train(TrainConfig(**{**config.to_dict(), "pixel_store": str(moved)}), labelled, tmp_path / "run")
     with pytest.raises(Exception, match="config differs"):
         train(TrainConfig(**{**config.to_dict(), "pixel_store": ""}), labelled, tmp_path / "run")
+
+
+def test_batched_grid_is_torchs_affine_grid():
+    thetas = torch.from_numpy(np.stack([sample_augmentation(s, 20) for s in range(4)]))
+    expected = torch.nn.functional.affine_grid(thetas, [4, 1, 20, 20], align_corners=False)
+    torch.testing.assert_close(pixels._affine_grid(thetas, 20), expected, atol=1e-6, rtol=0)
