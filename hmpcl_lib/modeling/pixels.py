@@ -119,8 +119,10 @@ def _stat_rows(ids: list[str], paths: list[str], workers: int) -> _Rows:
             raise InputError("image file is missing", source=paths[i], record=ids[i]) from e
         return st.st_size, st.st_mtime_ns
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        stats = list(pool.map(stat, range(len(paths)), chunksize=256))
+    stats: list[tuple[int, int]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # in chunks: one future per file at once is a lot at 1M
+        for lo in range(0, len(paths), _CHUNK):
+            stats.extend(pool.map(stat, range(lo, min(len(paths), lo + _CHUNK))))
     sizes = np.array([s for s, _ in stats], dtype=np.int64).reshape(-1)
     mtimes = np.array([m for _, m in stats], dtype=np.int64).reshape(-1)
     return _Rows(ids, paths, sizes, mtimes)
