@@ -25,6 +25,13 @@ TF_LITE_STD = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_SIZE = 128
 # timm kwargs that make `efficientnet_lite0` match the TF-ported package weights (same as timm's tf_ variant).
 PACKAGE_TIMM_KWARGS = {"pad_type": "same", "bn_eps": 1e-3}
+# Training augmentation (build_transform; hmpcl_lib.modeling.pixels applies the same on stored pixels): a crop
+# keeping TRAIN_CROP_SCALE of the padded square's area at an aspect in TRAIN_CROP_RATIO, then a small affine.
+TRAIN_CROP_SCALE = (0.7, 1.0)
+TRAIN_CROP_RATIO = (0.85, 1.18)
+TRAIN_AFFINE_DEGREES = 5.0
+TRAIN_AFFINE_TRANSLATE = 0.04  # fraction of the side, each axis
+TRAIN_AFFINE_SCALE = (0.95, 1.05)
 
 
 class Encoder(nn.Module):
@@ -255,8 +262,9 @@ def build_transform(
     steps: list = [PadToSquare(255)]
     if train:
         steps += [
-            T.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
-            T.RandomAffine(degrees=5, translate=(0.04, 0.04), scale=(0.95, 1.05), fill=255),
+            T.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO, antialias=True),
+            T.RandomAffine(degrees=TRAIN_AFFINE_DEGREES, translate=(TRAIN_AFFINE_TRANSLATE,) * 2,
+                           scale=TRAIN_AFFINE_SCALE, fill=255),
         ]
     else:
         steps.append(T.Resize((image_size, image_size), antialias=True))

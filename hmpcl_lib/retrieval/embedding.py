@@ -27,6 +27,7 @@ from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.io import write_parquet_atomic
 from hmpcl_lib.modeling.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
+from hmpcl_lib.modeling.pixels import PixelStore, eval_batch, open_pixel_store
 from hmpcl_lib.schemas import embeddings_schema
 
 log = logging.getLogger(__name__)
@@ -64,16 +65,22 @@ def embed_paths(
     num_workers: int | None = None,
     float16: bool = False,
     stats: EmbedStats | None = None,
+    pixel_store: "PixelStore | str | os.PathLike | None" = None,
 ) -> np.ndarray:
     """Embed image files in order → [N, D] float32 (float16 with `float16=True`), rows L2-normalised.
 
     `image_size`, mean and std default to `model.config` (what the encoder was trained with). A file that is
     missing or not decodable raises InputError naming it. Throughput is logged and written into `stats`.
+    With `pixel_store` (hmpcl_lib.modeling.pixels, built at this image size and holding every path) the pixels
+    come from the store, decoded once: the same numbers as the PNG path (grey drawings), no decoding here.
     """
     config = _model_config(model)
     image_size = image_size or config.get("image_size")
     if not image_size:
         raise ValueError("image_size not given and model.config has no 'image_size'")
+    if pixel_store is not None and str(pixel_store) != "":
+        return _embed_from_store(model, [str(p) for p in image_paths], int(image_size), batch_size, device,
+                                 float16, stats, open_pixel_store(pixel_store), config)
     transform = build_transform(
         int(image_size), train=False, mean=config.get("mean", IMAGENET_MEAN), std=config.get("std", IMAGENET_STD)
     )
@@ -116,6 +123,44 @@ def embed_paths(
     return out.astype(np.float16) if float16 else out.astype(np.float32, copy=False)
 
 
+def _embed_from_store(model, paths: list[str], image_size: int, batch_size: int, device, float16: bool,
+                      stats: EmbedStats | None, store: PixelStore, config: dict[str, Any]) -> np.ndarray:
+    """embed_paths over a pixel store: batches are memmap row reads in this process (no DataLoader workers)."""
+    if store.image_size != image_size:
+        raise InputError(f"pixel store holds {store.image_size} px drawings, embedding wants {image_size} px",
+                         source=str(store.path))
+    rows = store.positions(paths)
+    mean, std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+    target = resolve_device(device)
+    on_cuda = target.type == "cuda"
+    was_training = model.training
+    model.eval().to(target)
+    model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported())
+    chunks: list[np.ndarray] = []
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), autocast:
+            for lo in range(0, len(rows), batch_size):
+                pixels = torch.from_numpy(store.eval[rows[lo:lo + batch_size]])  # fancy index: a copy
+                if on_cuda:
+                    pixels = pixels.pin_memory()
+                images = eval_batch(pixels, mean, std, target)
+                chunks.append(F.normalize(model(images).float(), dim=-1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    dim = getattr(model, "output_dim", None)
+    out = np.concatenate(chunks) if chunks else np.zeros((0, int(dim or 0)), dtype=np.float32)
+    rate = len(paths) / seconds if seconds > 0 else 0.0
+    log.info("embedded %d images from pixel store %s in %.1f s (%.1f images/s, %s, batch %d)",
+             len(paths), store.path, seconds, rate, target, batch_size)
+    if stats is not None:
+        stats.n_images, stats.seconds, stats.images_per_s = len(paths), seconds, rate
+        stats.device, stats.batch_size, stats.num_workers = str(target), batch_size, 0
+    return out.astype(np.float16) if float16 else out.astype(np.float32, copy=False)
+
+
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, float16: bool = False) -> pa.Table:
     """Pack ids and [N, D] vectors into the embeddings schema (fixed-size list column)."""
     vectors = np.asarray(vectors, dtype=np.float16 if float16 else np.float32)
@@ -137,8 +182,10 @@ def embed_table(
     num_workers: int | None = None,
     float16: bool = False,
     stats: EmbedStats | None = None,
+    pixel_store: "PixelStore | str | os.PathLike | None" = None,
 ) -> pa.Table:
-    """Embed every row of a drawings-like table (`drawing_id`, `image_path`) → embeddings table, same order."""
+    """Embed every row of a drawings-like table (`drawing_id`, `image_path`) → embeddings table, same order.
+    `pixel_store`: read the pixels from that store instead of decoding the PNGs (see `embed_paths`)."""
     frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
     missing = [c for c in ("drawing_id", "image_path") if c not in frame.columns]
     if missing:
@@ -147,7 +194,7 @@ def embed_table(
     if null_path.height:
         raise InputError("image_path is null", source="embed_table", record=null_path["drawing_id"][0])
     vectors = embed_paths(model, frame["image_path"].to_list(), image_size, batch_size, device, num_workers,
-                          float16, stats)
+                          float16, stats, pixel_store)
     return embeddings_table(frame["drawing_id"].to_list(), vectors, float16)
 
 

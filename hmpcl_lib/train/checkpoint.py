@@ -26,6 +26,12 @@ CHECKPOINT_FORMAT = "hmpcl-train-v1"
 RESUME_FREE_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every_steps", "device"})
 
 
+def _resume_key(name: str, value: Any) -> Any:
+    """What must match to resume: for `pixel_store`, only whether one is used (a rebuilt store moves, the pixels
+    do not change), everything else by value."""
+    return bool(value) if name == "pixel_store" else value
+
+
 def _rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),
@@ -104,7 +110,9 @@ def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criteri
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
     saved, wanted = ckpt["config"], config.to_dict()
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if k not in RESUME_FREE_FIELDS and saved.get(k) != v}
+    saved = {**saved, "pixel_store": saved.get("pixel_store") or ""}  # written before the field existed
+    diff = {k: (saved.get(k), v) for k, v in wanted.items()
+            if k not in RESUME_FREE_FIELDS and _resume_key(k, saved.get(k)) != _resume_key(k, v)}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise HmpclError(f"cannot resume from {path}: config differs ({detail}); use another out_dir or resume=False")

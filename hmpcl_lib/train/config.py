@@ -41,7 +41,12 @@ class TrainConfig:
     image_size: int = 128
     grad_clip: float | None = 1.0
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (tiny per-device batches, exact DDP equivalence)
-    num_workers: int | None = None  # None: auto from the CPU count
+    # DataLoader worker processes; None: auto (0 with a pixel store, whose batches cost little next to a CPU step;
+    # else from the CPU count, to decode PNGs beside the step)
+    num_workers: int | None = None
+    # a pixel store directory (hmpcl_lib.modeling.pixels.ensure_pixel_store) holding every image_path of the table
+    # at image_size: PNGs are then never decoded. "" = decode the PNGs every epoch.
+    pixel_store: str = ""
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 10

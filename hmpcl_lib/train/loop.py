@@ -31,6 +31,7 @@ from hmpcl_lib.errors import HmpclError
 from hmpcl_lib.modeling import distributed as D
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform
+from hmpcl_lib.modeling.pixels import PixelTrainDataset
 from hmpcl_lib.train.checkpoint import TrainState, _Checkpointer, _export_encoder, _restore, _save_everywhere
 from hmpcl_lib.train.config import TrainConfig
 
@@ -135,8 +136,12 @@ def train(
                 encoder, device_ids=[device.index] if device.type == "cuda" else None
             )
         epoch_batches = _SeededEpochBatches(batch_sampler, config.seed)
-        dataset = DrawingDataset(paths, labels, build_transform(config.image_size, True,
-                                                                encoder.config["mean"], encoder.config["std"]))
+        if config.pixel_store:  # decoded once (hmpcl_lib.modeling.pixels): crop + affine batched on the device
+            dataset = PixelTrainDataset(config.pixel_store, paths, labels, config.image_size,
+                                        encoder.config["mean"], encoder.config["std"])
+        else:
+            dataset = DrawingDataset(paths, labels, build_transform(config.image_size, True,
+                                                                    encoder.config["mean"], encoder.config["std"]))
         loader = _build_loader(dataset, epoch_batches, config, device, world)
 
         is_main = rank == 0
@@ -149,9 +154,13 @@ def train(
             if state.batches_done == 0:
                 state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
             _set_train_mode(encoder, config.freeze_bn)
-            for images, indices in loader:
+            for batch in loader:
+                indices = batch[-1]
                 batch_labels = {k: v.to(device, non_blocking=True) for k, v in dataset.labels_of(indices).items()}
-                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                if isinstance(dataset, PixelTrainDataset):
+                    images = dataset.model_input(batch[0], batch[1], device)
+                else:
+                    images = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     z = model(images)
                 loss = criterion(z.float(), batch_labels["patent_label"], batch_labels["subclass_label"],
@@ -249,15 +258,24 @@ def _sample_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def default_train_workers(pixel_store: bool, world: int = 1) -> int:
+    """DataLoader workers when the config says None. A pixel store's batch is a few memmap row copies (the
+    augmentation runs batched in the step), so worker processes only take cores from the step: 0. PNGs: decode
+    beside the step, half the cores per rank (1 on a 2-core machine)."""
+    if pixel_store:
+        return 0
+    return min(8, max(1, (os.cpu_count() or 2) // (2 * world)))
+
+
 def _build_loader(dataset, batches, config: TrainConfig, device: torch.device, world: int):
     workers = config.num_workers
     if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 2) // (2 * world)))
+        workers = default_train_workers(isinstance(dataset, PixelTrainDataset), world)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=dataset.collate if isinstance(dataset, PixelTrainDataset) else collate,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         # own generator: creating an iterator must not consume the global RNG (resume would shift it)
