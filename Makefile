@@ -44,7 +44,7 @@ search: setup
 ## The benchmark scripts behind the README's figures (each prints a markdown table).
 bench: setup
 	$(PY) benchmarks/loss_bench.py --sizes 256 1024 4096
-	$(PY) benchmarks/search_bench.py --sizes 10000 100000
+	$(PY) benchmarks/index_bench.py --sizes 20000 100000
 	$(PY) benchmarks/train_throughput.py --backbone efficientnet_lite0 --image-size 128
 	$(PY) benchmarks/embed_bench.py --sizes 128 224
 	$(PY) benchmarks/parse_bench.py --records 200000

@@ -43,10 +43,12 @@ def test_flat_is_exact_and_returns_drawing_ids(corpus):
     assert single_ids.shape == (1, 3)
 
 
-def test_auto_switches_to_ivf_above_flat_max(corpus):
+def test_auto_switches_to_ivf_above_the_flat_rule(corpus):
     ids, vectors, queries = corpus
-    index = VectorIndex.build(ids, vectors, flat_max=1000, nprobe=8, use_gpu=False)
-    assert index.meta.kind == "ivf" and index.meta.nlist == default_nlist(2000) == 51
+    rules = [(1000, "Flat", ""), (None, "IVF{nlist},Flat", "nprobe=8")]
+    index = VectorIndex.build(ids, vectors, rules=rules, use_gpu=False)
+    assert index.meta.kind == "ivf" and index.meta.nlist == default_nlist(2000) == 32
+    assert index.meta.factory == "IVF32,Flat" and index.meta.nprobe == 8
     exact, _ = numpy_top_k(vectors, queries, 10)
     found = index.search_positions(queries, 10)[0]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])

@@ -1,35 +1,68 @@
 """FAISS vector index over L2-normalised embeddings (inner product = cosine), keyed by drawing id.
 
-Exact `IndexFlatIP` by default; IVF-Flat or HNSW when asked for, or ("auto") when the corpus is larger than
-`flat_max`. Moved to all GPUs when the installed faiss has any. faiss is imported here only, so the torch
-training/embedding core does not need it.
+Every index is made by `faiss.index_factory(dim, factory, METRIC_INNER_PRODUCT)`. `kind` names it: "flat"
+(exact `IndexFlatIP`, "Flat"), "ivf" ("IVF{nlist},Flat"), "hnsw" ("HNSW{m}"), any other faiss factory string
+("OPQ64,IVF4096,PQ64,RFlat"; a bad one raises InputError naming it; `{nlist}` is replaced by `default_nlist(N)`),
+or "auto": the first row of `AUTO_RULES` whose size bound covers the corpus, a table read off the output of
+`benchmarks/index_bench.py` (synthetic vectors with the Locarno class/subclass/patent/view structure). Search
+parameters (nprobe, efSearch, k_factor_rf) are faiss `ParameterSpace` strings such as "nprobe=32", kept in the
+metadata. Moved to all GPUs when the installed faiss has any (not HNSW). faiss is imported here only, so the
+torch training/embedding core does not need it.
 
 `build_sharded` spreads an exact index over shards: faiss `IndexShards` on CPU, or every GPU via
 `index_cpu_to_all_gpus` with the `shard` cloner flag, so a corpus larger than one card's memory still fits.
 
 On disk (`save(dir)`, written to a temp dir then renamed): `index.faiss`, `ids.npy` (unicode array, no
-pickle) and `meta.json`.
+pickle) and `meta.json` (factory string and search parameters included; a meta.json from before they were
+recorded still loads, its nprobe/ef_search restored as before).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from hmpcl_lib.errors import InputError
 
-IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+IndexKind = str  # "auto", "flat", "ivf", "hnsw", or a faiss index_factory string
+NAMED_KINDS = ("auto", "flat", "ivf", "hnsw")
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "ids.npy", "meta.json"
 FORMAT_VERSION = 1
 NORM_TOLERANCE = 1e-2
 GPU_MAX_K = 2048  # faiss GPU indexes refuse larger k; such searches run on a CPU copy
+
+
+class AutoRule(NamedTuple):
+    """kind="auto" uses `factory` (with `search_params`) for corpora of at most `max_n` rows (None: any size)."""
+
+    max_n: int | None
+    factory: str
+    search_params: str
+
+
+# kind="auto": the first rule whose max_n covers the corpus size N. `{nlist}` is default_nlist(N) (about 4*sqrt(N),
+# a power of two), the same nlist the benchmark uses. The numbers come from the output of
+#     python benchmarks/index_bench.py --sizes 20000 100000 --kinds flat ivf hnsw
+# on 2 shared CPU cores (dim 256, 1000 held-out query views, k=10; pick = recall@10 >= 0.95 with the most QPS):
+# 20k: IVF512,Flat nprobe=4 (0.992 recall, 38k QPS; Flat 2.3k QPS); 100k: HNSW32 efSearch=16 (0.957, 9.3k QPS)
+# just ahead of IVF1024,Flat nprobe=4 (0.975, 7.2k) and nprobe=8 (0.993, 5.4k QPS, 20 s build vs 33 s, 20% less
+# memory). Read as: exact below 10k (unmeasured; under a millisecond a query, no training), IVF-Flat with nprobe=8
+# above (the recall margin real, fuzzier embeddings will need; nprobe=4 loses recall as N grows). Sizes above 100k
+# are not measured yet: whoever runs the full benchmark (--sizes 100000 2700000 10000000) replaces these rows
+# with the AUTO_RULES rows it prints under its pick-per-size table.
+AUTO_RULES: tuple[AutoRule, ...] = (
+    AutoRule(10_000, "Flat", ""),
+    AutoRule(None, "IVF{nlist},Flat", "nprobe=8"),
+)
 
 
 def _faiss() -> Any:
@@ -40,6 +73,12 @@ def _faiss() -> Any:
 
 def _gpu_count(faiss: Any) -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _faiss_reason(exc: Exception) -> str:
+    """The message of a faiss RuntimeError without its C++ signature and source location."""
+    lines = str(exc).strip().splitlines() or [""]
+    return re.sub(r"^.*?\.(?:cpp|h):\d+: ", "", lines[-1]).strip()
 
 
 def check_normalised(vectors: Any, source: str, ids: np.ndarray | None = None) -> np.ndarray:
@@ -61,13 +100,104 @@ def check_normalised(vectors: Any, source: str, ids: np.ndarray | None = None) -
 
 
 def default_nlist(n: int) -> int:
-    """About 4*sqrt(N) lists, but at least 39 training points per list (faiss k-means minimum)."""
-    return int(max(1, min(round(4 * np.sqrt(n)), n // 39)))
+    """About 4*sqrt(N) lists rounded to a power of two, but at most N/39 (faiss k-means wants 39 points per list)."""
+    if n < 2 * 39:
+        return 1
+    target = 2 ** round(float(np.log2(4 * np.sqrt(n))))
+    cap = 2 ** int(np.floor(np.log2(n // 39)))
+    return int(min(target, cap))
+
+
+def parse_search_params(text: str | None) -> dict[str, float]:
+    """"nprobe=32,k_factor_rf=4" -> {"nprobe": 32.0, "k_factor_rf": 4.0} (faiss ParameterSpace syntax)."""
+    params: dict[str, float] = {}
+    for part in (text or "").split(","):
+        name, sep, value = part.strip().partition("=")
+        if not name and not sep:
+            continue
+        try:
+            if not name.strip() or not sep:
+                raise ValueError
+            params[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"bad search parameter {part.strip()!r} in {text!r} (want name=value,...)",
+                             source="index search params") from None
+    return params
+
+
+def format_search_params(params: dict[str, float]) -> str:
+    return ",".join(f"{name}={int(v) if float(v).is_integer() else v}" for name, v in params.items())
+
+
+def index_family(factory: str) -> str:
+    """"flat", "ivf" (any IVF: Flat, PQ, OPQ+PQ, refined), "hnsw", or "other" for a faiss factory string."""
+    parts = [part.strip() for part in factory.split(",")]
+    if parts == ["Flat"]:
+        return "flat"
+    if any(part.startswith("IVF") for part in parts):
+        return "ivf"
+    if any(part.startswith("HNSW") for part in parts):
+        return "hnsw"
+    return "other"
+
+
+def resolve_kind(
+    kind: IndexKind,
+    n: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 64,
+    rules: Sequence[AutoRule | tuple[int | None, str, str]] | None = None,
+) -> tuple[str, str]:
+    """(faiss factory string, search parameters) that `kind` means for an N-row corpus; `{nlist}` filled in."""
+    if not isinstance(kind, str) or not kind.strip():
+        raise InputError(f"index kind must be one of {NAMED_KINDS} or a faiss factory string, got {kind!r}",
+                         source="index kind")
+    if kind == "auto":
+        table = [AutoRule(*rule) for rule in (AUTO_RULES if rules is None else rules)]
+        rule = next((r for r in table if r.max_n is None or n <= r.max_n), None)
+        if rule is None:
+            raise InputError(f"no auto rule covers {n} vectors (give the last rule max_n=None)", source="index kind")
+        factory, params = rule.factory, rule.search_params
+    elif kind == "flat":
+        factory, params = "Flat", ""
+    elif kind == "ivf":
+        factory, params = "IVF{nlist},Flat", f"nprobe={nprobe}"
+    elif kind == "hnsw":
+        factory, params = f"HNSW{hnsw_m}", f"efSearch={ef_search}"
+    else:
+        factory, params = kind.strip(), ""
+    return factory.replace("{nlist}", str(int(nlist or default_nlist(n)))), params
+
+
+def _make_index(faiss: Any, dim: int, factory: str) -> Any:
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise InputError(
+            f"unknown index kind or bad faiss factory string {factory!r} (kinds: {', '.join(NAMED_KINDS)}, or a "
+            f"faiss index_factory string such as 'IVF1024,Flat'): {_faiss_reason(exc)}",
+            source="index kind",
+        ) from exc
+
+
+def _apply_search_params(index: Any, text: str | None, on_gpu: bool = False) -> None:
+    if not text:
+        return
+    faiss = _faiss()
+    space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
+    try:
+        space.set_index_parameters(index, text)
+    except RuntimeError as exc:
+        raise InputError(f"search parameters {text!r} do not apply to this index: {_faiss_reason(exc)}",
+                         source="index search params") from exc
 
 
 @dataclass
 class IndexMeta:
-    kind: str
+    kind: str  # family: flat / ivf / hnsw / other (see index_family)
     dim: int
     ntotal: int
     nlist: int | None = None
@@ -75,6 +205,23 @@ class IndexMeta:
     hnsw_m: int | None = None
     ef_search: int | None = None
     format_version: int = FORMAT_VERSION
+    factory: str | None = None  # the faiss index_factory string (absent from meta.json written before it was kept)
+    search_params: str | None = None  # faiss ParameterSpace string, e.g. "nprobe=32"; "" for none
+
+    def record_params(self, params: dict[str, float]) -> None:
+        """Keep `params` as the search_params string, with nprobe/ef_search mirrored in their own fields."""
+        self.search_params = format_search_params(params)
+        self.nprobe = int(params["nprobe"]) if "nprobe" in params else None
+        self.ef_search = int(params["efSearch"]) if "efSearch" in params else None
+
+    def fill_legacy(self) -> None:
+        """A meta.json from before factory/search_params were kept: derive them from kind, nlist, nprobe, ..."""
+        if self.factory is None:
+            self.factory = {"flat": "Flat", "ivf": f"IVF{self.nlist},Flat", "hnsw": f"HNSW{self.hnsw_m}"}.get(self.kind)
+        if self.search_params is None:
+            params = {"nprobe": self.nprobe} if self.kind == "ivf" and self.nprobe else {}
+            params |= {"efSearch": self.ef_search} if self.kind == "hnsw" and self.ef_search else {}
+            self.search_params = format_search_params(params)
 
 
 class VectorIndex:
@@ -100,7 +247,6 @@ class VectorIndex:
         ids: Any,
         vectors: Any,
         kind: IndexKind = "auto",
-        flat_max: int = 100_000,
         nlist: int | None = None,
         hnsw_m: int = 32,
         use_gpu: bool | Literal["auto"] = "auto",
@@ -109,11 +255,15 @@ class VectorIndex:
         ef_construction: int = 80,
         train_size: int = 100_000,
         seed: int = 0,
+        rules: Sequence[AutoRule | tuple[int | None, str, str]] | None = None,
     ) -> "VectorIndex":
         """Index `vectors` (unit rows) under `ids` (unique strings).
 
-        `kind="auto"` is exact flat up to `flat_max` rows, IVF-Flat above. IVF trains on a `seed`-drawn sample of
-        max(`train_size`, 39 * nlist) rows (deterministic); HNSW is CPU only.
+        `kind`: "flat", "ivf" (IVF{nlist},Flat with `nprobe`), "hnsw" (HNSW{hnsw_m} with `ef_search`,
+        `ef_construction`), any faiss factory string, or "auto": the first of `rules` (default `AUTO_RULES`)
+        whose max_n covers N. `nlist` defaults to `default_nlist(N)` wherever a factory says `{nlist}`. Indexes
+        that need training train on a `seed`-drawn sample of max(`train_size`, 39 * nlist) rows (deterministic);
+        HNSW is CPU only.
         """
         faiss = _faiss()
         ids = np.asarray(ids).astype(str)
@@ -124,29 +274,34 @@ class VectorIndex:
         if (counts > 1).any():
             raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
         n, dim = vectors.shape
-        if kind == "auto":
-            kind = "flat" if n <= flat_max else "ivf"
-        meta = IndexMeta(kind=kind, dim=dim, ntotal=n)
-        if kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif kind == "ivf":
-            meta.nlist = int(nlist or default_nlist(n))
-            meta.nprobe = int(min(nprobe, meta.nlist))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, meta.nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = seed
-            train_n = max(train_size, 39 * meta.nlist)  # faiss k-means wants >= 39 points per list
-            rows = np.sort(np.random.default_rng(seed).permutation(n)[:train_n]) if n > train_n else slice(None)
-            index.train(vectors[rows])
-            index.nprobe = meta.nprobe
-        elif kind == "hnsw":
-            meta.hnsw_m, meta.ef_search = hnsw_m, ef_search
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        factory, params_text = resolve_kind(kind, n, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                                            ef_search=ef_search, rules=rules)
+        params = parse_search_params(params_text)
+        index = _make_index(faiss, dim, factory)
+        meta = IndexMeta(kind=index_family(factory), dim=dim, ntotal=n, factory=factory)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+            meta.nlist = int(ivf.nlist)
+            if hasattr(ivf, "do_polysemous_training"):  # IVF-PQ: index_factory turns it on; minutes of training
+                ivf.do_polysemous_training = False  # for codes only a polysemous_ht search would use
+            if "nprobe" in params:
+                params["nprobe"] = min(params["nprobe"], meta.nlist)
+        if hasattr(index, "hnsw"):
             index.hnsw.efConstruction = ef_construction
-            index.hnsw.efSearch = ef_search
-        else:
-            raise InputError(f"unknown index kind {kind!r} (flat, ivf, hnsw, auto)", source="index kind")
+            meta.hnsw_m = int(index.hnsw.nb_neighbors(1))
+        if not index.is_trained:
+            train_n = max(train_size, 39 * (meta.nlist or 1))  # faiss k-means wants >= 39 points per list
+            rows = np.sort(np.random.default_rng(seed).permutation(n)[:train_n]) if n > train_n else slice(None)
+            try:
+                index.train(vectors[rows])
+            except RuntimeError as exc:
+                raise InputError(f"cannot train {factory!r} on {min(n, train_n)} vectors: {_faiss_reason(exc)}",
+                                 source="index kind") from exc
         if n:
             index.add(vectors)
+        meta.record_params(params)
+        _apply_search_params(index, meta.search_params)
         return cls._placed(index, ids, meta, use_gpu)
 
     @classmethod
@@ -155,8 +310,13 @@ class VectorIndex:
         gpus = _gpu_count(faiss)
         if use_gpu is True and gpus == 0:
             raise InputError("use_gpu=True but the installed faiss sees no GPU", source="index")
-        if use_gpu and gpus > 0 and meta.kind != "hnsw":
-            return cls(faiss.index_cpu_to_all_gpus(index), ids, meta, on_gpu=True)
+        if use_gpu and gpus > 0 and meta.kind != "hnsw" and "HNSW" not in (meta.factory or ""):
+            try:
+                return cls(faiss.index_cpu_to_all_gpus(index), ids, meta, on_gpu=True)
+            except RuntimeError as exc:  # a factory string faiss has no GPU version of
+                if use_gpu is True:
+                    raise InputError(f"faiss cannot put {meta.factory!r} on the GPU: {_faiss_reason(exc)}",
+                                     source="index") from exc
         return cls(index, ids, meta)
 
     def _cpu(self) -> Any:
@@ -198,19 +358,22 @@ class VectorIndex:
         ids[found] = self.ids[positions[found]]
         return ids, scores
 
-    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Trade recall for speed after build/load (IVF nprobe, HNSW efSearch)."""
-        faiss = _faiss()
-        if nprobe is not None and self.meta.kind == "ivf":
-            self.meta.nprobe = int(min(nprobe, self.meta.nlist or nprobe))
-            if self.on_gpu:
-                faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.meta.nprobe)
-                self._cpu_index = None  # the lazily made CPU copy would carry the old nprobe
-            else:
-                faiss.extract_index_ivf(self._index).nprobe = self.meta.nprobe
-        if ef_search is not None and self.meta.kind == "hnsw":
-            self.meta.ef_search = int(ef_search)
-            self._index.hnsw.efSearch = self.meta.ef_search
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None, params: str | None = None) -> None:
+        """Trade recall for speed after build/load: IVF `nprobe`, HNSW `ef_search`, or any faiss ParameterSpace
+        string (`params="nprobe=32,k_factor_rf=4"`). nprobe/ef_search are ignored by indexes without IVF lists /
+        an HNSW graph; the result is kept in `meta` (and so in meta.json on save)."""
+        current = parse_search_params(self.meta.search_params)
+        current.update(parse_search_params(params))
+        if nprobe is not None and self.meta.nlist is not None:
+            current["nprobe"] = nprobe
+        if ef_search is not None and self.meta.hnsw_m is not None:
+            current["efSearch"] = ef_search
+        if "nprobe" in current and self.meta.nlist:
+            current["nprobe"] = min(current["nprobe"], self.meta.nlist)
+        _apply_search_params(self._index, format_search_params(current), on_gpu=self.on_gpu)
+        if self.on_gpu:
+            self._cpu_index = None  # the lazily made CPU copy would carry the old parameters
+        self.meta.record_params(current)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index atomically: a temp dir beside `directory`, renamed over it when complete."""
@@ -260,10 +423,8 @@ class VectorIndex:
                 f"index has {index.ntotal} rows of dim {index.d}, ids {len(ids)}, meta says {meta.ntotal} x {meta.dim}",
                 source=str(directory),
             )
-        if meta.kind == "ivf" and meta.nprobe:
-            faiss.extract_index_ivf(index).nprobe = meta.nprobe
-        if meta.kind == "hnsw" and meta.ef_search:
-            index.hnsw.efSearch = meta.ef_search
+        meta.fill_legacy()
+        _apply_search_params(index, meta.search_params)
         return cls._placed(index, ids, meta, use_gpu)
 
 
@@ -287,7 +448,7 @@ def build_sharded(ids: Any, vectors: Any, n_shards: int | None = None, use_gpu: 
     if (counts > 1).any():
         raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
     n, dim = vectors.shape
-    meta = IndexMeta(kind="flat", dim=dim, ntotal=n)
+    meta = IndexMeta(kind="flat", dim=dim, ntotal=n, factory="Flat", search_params="")
     gpus = _gpu_count(faiss)
     if use_gpu is True and gpus == 0:
         raise InputError("use_gpu=True but the installed faiss sees no GPU", source="index")
