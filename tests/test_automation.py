@@ -169,7 +169,7 @@ def test_jobs_select_the_documented_assets():
     def selected(job: str) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
 
-    assert selected("retrain") == {"lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings",
+    assert selected("retrain") == {"lic_hierarchy", "splits", "decoded_drawings", "trained_encoder", "corpus_embeddings",
                                    "gallery_index", "retrieval_benchmark", "champion_model"}
     assert "lic_codes" in selected("full_pipeline") and "model_comparison" not in selected("full_pipeline")
     assert selected("compare_variants") == {"variant_encoder", "variant_benchmark"}

@@ -109,7 +109,7 @@ def test_blocking_and_severity_declared():
     for check in checks.ALL_CHECKS:
         (spec,) = check.check_specs
         assert spec.blocking == (check is not checks.fine_tuning_beats_pretrained), spec.name
-    assert len(checks.ALL_CHECKS) == 9
+    assert len(checks.ALL_CHECKS) == 10
 
 
 # ------------------------------------------------------------------------------------------------ lic_hierarchy
@@ -302,3 +302,28 @@ def test_fine_tuned_worse_on_recall_under_leave_one_out_warns():
     result = checks.fine_tuning_beats_pretrained(model_comparison=table)
     assert not result.passed
     assert meta(result, "worse_than_pretrained") == {"hierarchical (leave_one_out)": {"patent_recall_at_1": 0.40}}
+
+
+# ------------------------------------------------------------------------------------------------ decoded_drawings
+
+def test_pixel_store_check_passes_then_catches_a_drawing_changed_after_decoding(store):
+    from PIL import Image
+
+    from pipelines.defs.assets.data import decoded_drawings
+
+    for path in hierarchy(store)["image_path"]:
+        Image.new("L", (40, 30), 255).save(path)
+    instance, resources = dg.DagsterInstance.ephemeral(), {"store": store}
+    run_config = {"ops": {"decoded_drawings": {"config": {"image_size": 32}}}}
+    first = dg.materialize([decoded_drawings, checks.pixel_store_matches_hierarchy], resources=resources,
+                           instance=instance, run_config=run_config)
+    assert first.success
+    assert {e.asset_check_key.name: e.passed for e in first.get_asset_check_evaluations()} == {
+        "pixel_store_matches_hierarchy": True}
+    Image.new("L", (40, 31), 0).save(hierarchy(store)["image_path"][0])  # rewritten after the store was built
+    again = dg.materialize([decoded_drawings, checks.pixel_store_matches_hierarchy], resources=resources,
+                           instance=instance, selection=dg.AssetSelection.checks(checks.pixel_store_matches_hierarchy),
+                           raise_on_error=False)
+    (evaluation,) = again.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert "changed" in str(evaluation.metadata["problems"].value)

@@ -16,8 +16,8 @@ from pipelines.defs.resources import DataStore, MlflowTracking
 pytestmark = pytest.mark.slow
 
 TINY_TRAINING = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "image_size": 64, "embed_dim": 32}
-UNPARTITIONED = ["lic_codes", "lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings", "gallery_index",
-                 "retrieval_benchmark", "champion_model"]
+UNPARTITIONED = ["lic_codes", "lic_hierarchy", "splits", "decoded_drawings", "trained_encoder", "corpus_embeddings",
+                 "gallery_index", "retrieval_benchmark", "champion_model"]
 VARIANTS = ["pretrained", "baseline", "hierarchical"]
 
 

@@ -61,8 +61,10 @@ def test_materialization_metadata_comes_back_through_pipes(env):
     assert meta["launcher"].value == "subprocess"
     assert meta["mlflow_run"].value.endswith(model.run_id)
     assert len(meta["epoch_losses"].value) == TINY_TRAINING["epochs"]  # custom messages, one per epoch end
+    store = env["store"].layout.root / "pixels"
     expected = dataclasses.asdict(TrainConfig(**{**TINY_TRAINING}))
-    assert model.params == expected  # downstream assets rebuild TrainConfig from these
+    assert {**model.params, "pixel_store": ""} == expected  # downstream assets rebuild TrainConfig from these
+    assert model.params["pixel_store"].startswith(str(store))  # decoded once, trained from the store
 
 
 def test_the_mlflow_run_exists_and_holds_the_training(env):

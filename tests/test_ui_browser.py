@@ -30,11 +30,11 @@ BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ASSETS = ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits", "trained_encoder", "corpus_embeddings",
-          "gallery_index", "retrieval_benchmark", "champion_model", "variant_encoder", "variant_benchmark",
+ASSETS = ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits", "decoded_drawings", "trained_encoder",
+          "corpus_embeddings", "gallery_index", "retrieval_benchmark", "champion_model", "variant_encoder", "variant_benchmark",
           "model_comparison"]
 VIEWPORT = {"width": 1800, "height": 900}
-ASSETS_BY_GROUP = {"data": ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits"],
+ASSETS_BY_GROUP = {"data": ["raw_archives", "lic_codes", "drawings", "lic_hierarchy", "splits", "decoded_drawings"],
                    "model": ["trained_encoder"],
                    "retrieval": ["corpus_embeddings", "gallery_index", "retrieval_benchmark", "champion_model"],
                    "comparison": ["variant_encoder", "variant_benchmark", "model_comparison"]}

@@ -61,9 +61,11 @@ def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
 
 def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Path) -> str:
     """The identity of a training run: its config and the exact input tables. Every process that decides whether to
-    train (the Pipes script on every DDP rank, `train_tracked`) computes it here, so they cannot disagree."""
-    return tracking.fingerprint("train", dataclasses.asdict(config), file_sha256(hierarchy_path),
-                                file_sha256(splits_path))
+    train (the Pipes script on every DDP rank, `train_tracked`) computes it here, so they cannot disagree. Of
+    `pixel_store` only whether one is used counts: its path is derived from the hierarchy (already hashed here)
+    and the image size."""
+    params = {**dataclasses.asdict(config), "pixel_store": bool(config.pixel_store)}
+    return tracking.fingerprint("train", params, file_sha256(hierarchy_path), file_sha256(splits_path))
 
 
 def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, out_dir: str | Path,
@@ -243,8 +245,9 @@ def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
 
 
 def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
-               features: str = "head"):
-    """(drawing ids, [N, D] vectors) of the test split; `features="pooled"` skips the projection head."""
+               features: str = "head", pixel_store=None):
+    """(drawing ids, [N, D] vectors) of the test split; `features="pooled"` skips the projection head;
+    `pixel_store` reads decoded pixels instead of the PNGs (hmpcl_lib.modeling.pixels)."""
     from hmpcl_lib.retrieval.embedding import embed_paths
     from hmpcl_lib.modeling.models import pooled_view
 
@@ -253,22 +256,24 @@ def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size:
     if features == "pooled" and hasattr(model, "backbone"):
         model = pooled_view(model)
     rows = test_rows(hierarchy, splits)
-    vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size)
+    vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size,
+                          pixel_store=pixel_store)
     return rows["drawing_id"].to_numpy(), vectors
 
 
 def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
-                   protocol: str = "deeppatent", features: str = "head"):
+                   protocol: str = "deeppatent", features: str = "head", pixel_store=None):
     """Embed the test drawings with `model` and run the SPEC's benchmark on them."""
-    return evaluate_protocols(model, hierarchy, splits, image_size, batch_size, (protocol,), features)[protocol]
+    return evaluate_protocols(model, hierarchy, splits, image_size, batch_size, (protocol,), features,
+                              pixel_store)[protocol]
 
 
 def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
-                       protocols=("deeppatent", "leave_one_out"), features: str = "head") -> dict:
+                       protocols=("deeppatent", "leave_one_out"), features: str = "head", pixel_store=None) -> dict:
     """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}."""
     from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 
-    embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, features)
+    embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, features, pixel_store)
     return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p) for p in protocols}
 
 

@@ -8,7 +8,7 @@ from hmpcl_lib import schemas
 from hmpcl_lib.taxonomy import quality
 from hmpcl_lib.retrieval.embedding import read_embeddings
 from hmpcl_lib.taxonomy.hierarchy import lic_coverage
-from pipelines.defs.assets.data import lic_hierarchy, splits
+from pipelines.defs.assets.data import decoded_drawings, lic_hierarchy, splits
 from pipelines.defs.assets.comparison import model_comparison
 from pipelines.defs.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, retrieval_benchmark
 from pipelines.defs.resources import DataStore
@@ -59,6 +59,23 @@ def lic_coverage_ratio(store: DataStore) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=coverage >= store.min_lic_coverage, severity=ERROR,
                                metadata={"coverage": dg.MetadataValue.float(coverage),
                                          "threshold": dg.MetadataValue.float(store.min_lic_coverage)})
+
+
+@dg.asset_check(asset=decoded_drawings, blocking=True)
+def pixel_store_matches_hierarchy(context: dg.AssetCheckExecutionContext, store: DataStore) -> dg.AssetCheckResult:
+    """The pixel store holds exactly the hierarchy's drawings, unchanged on disk since they were decoded."""
+    event = context.instance.get_latest_materialization_event(decoded_drawings.key)
+    path = event.asset_materialization.metadata.get("path") if event else None
+    if path is None:  # decode_once is off: nothing to check
+        return dg.AssetCheckResult(passed=True, metadata={"decode_once": False})
+    from hmpcl_lib.modeling.pixels import PixelStore
+
+    report = PixelStore.open(path.value).verify(pl.read_parquet(store.layout.hierarchy_path,
+                                                                columns=["drawing_id", "image_path"]),
+                                                check_files=True)
+    return dg.AssetCheckResult(passed=report["ok"], severity=ERROR,
+                               metadata={"problems": _examples(report["problems"]), "count": report["count"],
+                                         "path": dg.MetadataValue.path(report["path"])})
 
 
 @dg.asset_check(asset=splits, blocking=True)
@@ -116,6 +133,6 @@ def fine_tuning_beats_pretrained(model_comparison: pl.DataFrame) -> dg.AssetChec
                                          "worse_than_pretrained": dg.MetadataValue.json(worse)})
 
 
-ALL_CHECKS = [hierarchy_schema_and_counts, unique_drawing_ids, images_exist, lic_coverage_ratio,
+ALL_CHECKS = [hierarchy_schema_and_counts, unique_drawing_ids, images_exist, lic_coverage_ratio, pixel_store_matches_hierarchy,
               no_patent_in_two_splits, test_split_has_queries, embeddings_finite_and_normalised,
               metrics_in_unit_range, fine_tuning_beats_pretrained]

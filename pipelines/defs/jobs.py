@@ -4,7 +4,8 @@ benchmark → registry), and the comparison report."""
 
 import dagster as dg
 
-from pipelines.defs.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits, year_partitions
+from pipelines.defs.assets.data import (decoded_drawings, drawings, lic_codes, lic_hierarchy, raw_archives, splits,
+                                        year_partitions)
 from pipelines.defs.assets.comparison import model_comparison, variant_benchmark, variant_encoder, variant_partitions
 from pipelines.defs.assets.retrieval import champion_model, corpus_embeddings, gallery_index, retrieval_benchmark
 from pipelines.defs.assets.training import trained_encoder
@@ -18,7 +19,7 @@ ingest_year = dg.define_asset_job(
 
 retrain = dg.define_asset_job(
     "retrain",
-    selection=[lic_hierarchy, splits, trained_encoder, corpus_embeddings, gallery_index, retrieval_benchmark,
+    selection=[lic_hierarchy, splits, decoded_drawings, trained_encoder, corpus_embeddings, gallery_index, retrieval_benchmark,
                champion_model],
     description="Rebuild hierarchy and splits from the parsed years, train, embed, index, benchmark, and move the "
                 "champion alias if the new model wins. Same data and config reuse the finished MLflow run.",
@@ -26,7 +27,7 @@ retrain = dg.define_asset_job(
 
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
-    selection=[lic_codes, lic_hierarchy, splits, trained_encoder, corpus_embeddings, gallery_index,
+    selection=[lic_codes, lic_hierarchy, splits, decoded_drawings, trained_encoder, corpus_embeddings, gallery_index,
                retrieval_benchmark, champion_model],
     description="Everything unpartitioned after the per-year ingest: Locarno codes, hierarchy, splits, training, "
                 "embeddings, index, benchmark and registry. The comparison runs as compare_variants + compare_models.",

@@ -31,6 +31,8 @@ class DataStore(dg.ConfigurableResource):
     doi: str = "doi:10.7910/DVN/UG4SBD"
     uspto_xml_dir: str = Field(default_factory=lambda: _env("HMPCL_USPTO_XML_DIR", ""),
                                description="folder of USPTO weekly grant XML files (ipgYYMMDD.xml) for real data")
+    decode_once: bool = Field(default_factory=lambda: _env("HMPCL_DECODE_ONCE", "1") not in ("0", "false"),
+                              description="train and embed from the decoded pixel store (decoded_drawings), not PNGs")
     max_bad_fraction: float = 0.05
     min_lic_coverage: float = Field(default=0.9, description="lic_hierarchy check: share of drawings with a LIC code")
     # the generated corpus's size: SampleSpec's own defaults, settable from the launchpad
@@ -57,6 +59,15 @@ class DataStore(dg.ConfigurableResource):
                           patents_per_subclass=self.sample_patents_per_subclass,
                           views=(self.sample_views_min, self.sample_views_max), years=tuple(self.sample_years),
                           image_size=self.sample_image_size, seed=self.sample_seed)
+
+    def pixels(self, rows, image_size: int):
+        """The decoded pixel store of `rows` at `image_size` (built once, then reused; see
+        hmpcl_lib.modeling.pixels), or None when `decode_once` is off and PNGs are read instead."""
+        if not self.decode_once:
+            return None
+        from hmpcl_lib.modeling.pixels import ensure_pixel_store
+
+        return ensure_pixel_store(rows, self.layout.root, image_size)
 
     def uspto_dir(self) -> Path:
         return Path(self.uspto_xml_dir).expanduser().resolve() if self.uspto_xml_dir else self.layout.uspto_dir

@@ -22,7 +22,7 @@ from hmpcl_lib.tracking.experiment import (COMPARISON_VARIANTS, PROTOCOL_PREFIX,
                                            evaluate_protocols, load_variant_results, log_benchmark,
                                            paired_intervals, pretrained_tracked, save_variant_results,
                                            variant_config)
-from pipelines.defs.assets.data import splits
+from pipelines.defs.assets.data import decoded_drawings, splits
 from pipelines.defs.assets.training import TRAINING_LAUNCHER, TrainingConfig, train_through_launcher
 from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 from pipelines.launchers import GPU_POD_TAGS
@@ -35,7 +35,7 @@ PAIRS = [("baseline", "hierarchical"), ("pretrained", "baseline"), ("pretrained"
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)  # asset-level resource_defs
 
-    @dg.asset(partitions_def=variant_partitions, deps=[splits], group_name="comparison", pool="gpu",
+    @dg.asset(partitions_def=variant_partitions, deps=[splits, decoded_drawings], group_name="comparison", pool="gpu",
               op_tags=GPU_POD_TAGS, kinds={"pytorch", "mlflow"}, resource_defs={"training_launcher": TRAINING_LAUNCHER})
     def variant_encoder(context: dg.AssetExecutionContext, config: TrainingConfig, store: DataStore,
                         mlflow_tracking: MlflowTracking,
@@ -68,8 +68,8 @@ def variant_benchmark(context: dg.AssetExecutionContext, variant_encoder: Traine
     cfg = mlflow_tracking.config
     hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
     model = tracking.load_model(cfg, variant_encoder.model_uri)
-    results = evaluate_protocols(model, hier, spl, int(variant_encoder.params.get("image_size", 128)),
-                                 protocols=PROTOCOLS)
+    size = int(variant_encoder.params.get("image_size", 128))
+    results = evaluate_protocols(model, hier, spl, size, protocols=PROTOCOLS, pixel_store=store.pixels(hier, size))
     overall = {p: log_benchmark(r, variant_encoder.run_id, cfg, "variant_benchmark") for p, r in results.items()}
     tracking.activate(cfg)
     with mlflow.start_run(run_id=variant_encoder.run_id):

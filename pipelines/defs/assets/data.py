@@ -1,6 +1,7 @@
 """Data assets: raw DeepPatent2 archives → parsed drawings (per year) + Locarno codes → hierarchy → splits."""
 
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,7 @@ import polars as pl
 from hmpcl_lib.io import write_parquet_atomic
 from hmpcl_lib.sources import deeppatent2, uspto
 from hmpcl_lib.taxonomy import hierarchy
+from hmpcl_lib.train.config import TrainConfig
 from pipelines.metadata import counts_markdown, table_metadata
 from pipelines.defs.resources import DataStore
 
@@ -160,4 +162,40 @@ def splits(context: dg.AssetExecutionContext, config: SplitConfig, store: DataSt
         "by_split": dg.MetadataValue.md(counts_markdown(df, "role")),
         "patents_by_split": dg.MetadataValue.json({r["split"]: r["patents"] for r in by.filter(
             pl.col("role") != "gallery").iter_rows(named=True)}),
+    })
+
+
+class PixelConfig(dg.Config):
+    image_size: int = TrainConfig.image_size  # the training default; other sizes are decoded when a run asks for them
+
+
+@dg.asset(deps=[lic_hierarchy], group_name="data", kinds={"numpy"})
+def decoded_drawings(context: dg.AssetExecutionContext, config: PixelConfig, store: DataStore) -> dg.MaterializeResult:
+    """Every drawing decoded once, letterboxed to the image size (eval pixels) and with a crop margin (train pixels),
+    as memory-mapped uint8 arrays keyed by the size and the hierarchy's fingerprint: training epochs and embedding
+    read these instead of decoding PNGs again (hmpcl_lib.modeling.pixels). Reused while the hierarchy is unchanged.
+    Off with `decode_once: false` on the store resource (HMPCL_DECODE_ONCE=0)."""
+    if not store.decode_once:
+        return dg.MaterializeResult(metadata={"decode_once": False})
+    from hmpcl_lib.modeling.pixels import prune_pixel_stores
+
+    hier = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"])
+    started = time.perf_counter()
+    pixels = store.pixels(hier, config.image_size)
+    seconds = time.perf_counter() - started
+    # a rebuilt store replaces the older ones of the same size (an older hierarchy); other sizes and builds in
+    # progress (temp folders) are left alone
+    others = [p for p in pixels.path.parent.iterdir() if not p.name.startswith(f"{pixels.image_size}-")]
+    pruned = prune_pixel_stores(store.layout.root, keep=[pixels.path, *others]) if pixels.built else []
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(pixels.path)),
+        "dagster/row_count": len(pixels),
+        "image_size": pixels.image_size,
+        "train_side": pixels.train_side,
+        "fingerprint": pixels.fingerprint,
+        "built": pixels.built,
+        "seconds": dg.MetadataValue.float(round(seconds, 2)),
+        **({"drawings_per_s": dg.MetadataValue.float(round(len(pixels) / seconds, 1))} if pixels.built else {}),
+        "megabytes": dg.MetadataValue.float(round(pixels.verify()["bytes"] / 2**20, 1)),
+        "pruned_old_stores": len(pruned),
     })

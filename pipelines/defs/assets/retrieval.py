@@ -48,7 +48,9 @@ def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: Traine
 
     hier = pl.read_parquet(store.layout.hierarchy_path)
     model = tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri)
-    table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=_image_size(trained_encoder))
+    size = _image_size(trained_encoder)
+    table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=size,
+                        pixel_store=store.pixels(hier, size))
     path = write_embeddings(table, store.layout.embeddings_path(trained_encoder.run_id))
     dim = table.schema.field("embedding").type.list_size
     value = Embeddings(str(path), trained_encoder.run_id, table.num_rows, dim)
@@ -181,7 +183,9 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
             context.log.info(f"re-scoring champion v{champ.version} on the current test split")
             model = tracking.load_model(cfg, f"models:/{cfg.registered_model}/{champ.version}")
             hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
-            champ_value = overall_metrics(evaluate_model(model, hier, spl, _image_size(trained_encoder)).metrics)["patent_map"]
+            size = _image_size(trained_encoder)
+            champ_value = overall_metrics(evaluate_model(model, hier, spl, size, pixel_store=store.pixels(hier, size))
+                                          .metrics)["patent_map"]
     decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
     context.log.info(f"champion decision for v{version.version}: {decision.reason}")
     return dg.MaterializeResult(metadata=_clean({

@@ -6,11 +6,12 @@ import dataclasses
 import warnings
 
 import dagster as dg
+import polars as pl
 import pydantic
 
 from hmpcl_lib.tracking.experiment import TrainedModel
 from hmpcl_lib.train.config import TrainConfig, field_types
-from pipelines.defs.assets.data import splits
+from pipelines.defs.assets.data import decoded_drawings, splits
 from pipelines.launchers import GPU_POD_TAGS, trained_model_from_metadata
 from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 
@@ -32,6 +33,11 @@ def train_through_launcher(context: dg.AssetExecutionContext, train_config: Trai
     from hmpcl_lib.tracking import run_url
 
     tracking_cfg = mlflow_tracking.config
+    if not train_config.pixel_store:  # decode once: the hierarchy's pixel store at this size (reused if built)
+        pixels = store.pixels(pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"]),
+                              train_config.image_size)
+        if pixels is not None:
+            train_config = dataclasses.replace(train_config, pixel_store=str(pixels.path))
     extras = {
         "train_config": dataclasses.asdict(train_config),
         "hierarchy_path": str(store.layout.hierarchy_path),
@@ -63,7 +69,7 @@ TRAINING_LAUNCHER = TrainingLauncher()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)  # asset-level resource_defs
 
-    @dg.asset(deps=[splits], group_name="model", pool="gpu", kinds={"pytorch", "mlflow"}, op_tags=GPU_POD_TAGS,
+    @dg.asset(deps=[splits, decoded_drawings], group_name="model", pool="gpu", kinds={"pytorch", "mlflow"}, op_tags=GPU_POD_TAGS,
               resource_defs={"training_launcher": TRAINING_LAUNCHER})
     def trained_encoder(context: dg.AssetExecutionContext, config: TrainingConfig, store: DataStore,
                         mlflow_tracking: MlflowTracking,
