@@ -51,17 +51,18 @@ class AutoRule(NamedTuple):
 
 # kind="auto": the first rule whose max_n covers the corpus size N. `{nlist}` is default_nlist(N) (about 4*sqrt(N),
 # a power of two), the same nlist the benchmark uses. The numbers come from the output of
-#     python benchmarks/index_bench.py --sizes 20000 100000 --kinds flat ivf hnsw
-# on 2 shared CPU cores (dim 256, 1000 held-out query views, k=10; pick = recall@10 >= 0.95 with the most QPS):
-# 20k: IVF512,Flat nprobe=4 (0.992 recall, 38k QPS; Flat 2.3k QPS); 100k: HNSW32 efSearch=16 (0.957, 9.3k QPS)
-# just ahead of IVF1024,Flat nprobe=4 (0.975, 7.2k) and nprobe=8 (0.993, 5.4k QPS, 20 s build vs 33 s, 20% less
-# memory). Read as: exact below 10k (unmeasured; under a millisecond a query, no training), IVF-Flat with nprobe=8
-# above (the recall margin real, fuzzier embeddings will need; nprobe=4 loses recall as N grows). Sizes above 100k
-# are not measured yet: whoever runs the full benchmark (--sizes 100000 2700000 10000000) replaces these rows
-# with the AUTO_RULES rows it prints under its pick-per-size table.
+#     python benchmarks/index_bench.py --sizes 100000 1000000 --scales 0.5 0.4 0.3 0.8 --kinds flat ivf hnsw \
+#         --max-build-s 240
+# run alone on the 2-core machine (dim 256, 1000 held-out query views, k=10; pick = recall@10 >= 0.95 with the most
+# QPS; README "Search" table): 100k: IVF1024,Flat nprobe=16 (0.971, 6.8k QPS; Flat 2.1k, HNSW32 efSearch=64 0.967
+# at 6.5k); 1M: IVF4096,Flat nprobe=64 (0.988, 612 QPS; Flat 197; nprobe=32 falls to 0.947). Below 10k exact search
+# answers in about a millisecond with no training, so it stays. Above 1.5M (2.7M = all of DeepPatent2) the row is an
+# extrapolation, not a measurement: nlist doubles (8192), so nprobe doubles to probe the same 1.6 % of the lists.
 AUTO_RULES: tuple[AutoRule, ...] = (
     AutoRule(10_000, "Flat", ""),
-    AutoRule(None, "IVF{nlist},Flat", "nprobe=8"),
+    AutoRule(300_000, "IVF{nlist},Flat", "nprobe=16"),
+    AutoRule(1_500_000, "IVF{nlist},Flat", "nprobe=64"),
+    AutoRule(None, "IVF{nlist},Flat", "nprobe=128"),
 )
 
 
