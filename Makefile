@@ -8,7 +8,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export HMPCL_DATA_ROOT ?= $(CURDIR)/data
 export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 
-.PHONY: setup run test dev mlflow search bench clean
+.PHONY: setup run test dev mlflow search screenshots bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ setup: $(VENV)/.installed
 	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 ## Materialize every asset on the generated sample corpus (prints the model comparison table at the end).
+## Training settings: make run ARGS="--set epochs=4"
 run: setup
-	$(PY) -m pipelines.run_sample
+	$(PY) -m pipelines.run_sample $(ARGS)
 
 ## Run the test suite (what CI runs).
 test: setup
@@ -41,13 +42,19 @@ mlflow: setup
 search: setup
 	$(VENV)/bin/hmpcl serve --host 127.0.0.1 --port 8000
 
-## The benchmark scripts behind the README's figures (each prints a markdown table).
+## The README's pictures (docs/img/), taken from the state `make run` left: Dagster, MLflow and the search page.
+screenshots: setup
+	@bash scripts/ensure_chromium.sh
+	$(PY) scripts/docs_screenshots.py
+
+## The benchmark scripts behind the README's figures (each prints a markdown table; run them on an idle machine).
 bench: setup
+	$(PY) benchmarks/train_throughput.py --batch-size 64 --batches 8 --warmup 2 --images 512 --png-workers 0 -1
+	$(PY) benchmarks/embed_bench.py --batch-size 64 --images 512 --png-workers 0 -1
+	$(PY) benchmarks/index_bench.py --sizes 100000 1000000 --scales 0.5 0.4 0.3 0.8 --kinds flat ivf hnsw --max-build-s 240
+	$(PY) benchmarks/search_page_bench.py --queries 50
 	$(PY) benchmarks/loss_bench.py --sizes 256 1024 4096
-	$(PY) benchmarks/index_bench.py --sizes 20000 100000
-	$(PY) benchmarks/train_throughput.py --backbone efficientnet_lite0 --image-size 128
-	$(PY) benchmarks/embed_bench.py --sizes 128 224
-	$(PY) benchmarks/parse_bench.py --records 200000
+	$(PY) benchmarks/parse_bench.py --records 200000 --json-load
 
 clean:
 	rm -rf data .dagster mlflow.db mlartifacts

@@ -14,7 +14,13 @@ import time
 import dagster as dg
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
+    parser.add_argument("--set", action="append", dest="overrides", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for every training of the run, e.g. --set epochs=4")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not os.environ.get("DAGSTER_HOME"):
         sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/.dagster")
@@ -23,6 +29,15 @@ def main() -> int:
     from pipelines.defs.assets.comparison import variant_partitions
     from pipelines.defs.resources import DataStore
 
+    from hmpcl_lib.train.config import TrainConfig, config_from_strings
+
+    try:
+        changed = config_from_strings(args.overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    default = TrainConfig()
+    training = {k: getattr(changed, k) for k in TrainConfig.__dataclass_fields__
+                if getattr(changed, k) != getattr(default, k)}
     store = DataStore()
     if store.source != "sample":
         print(f"HMPCL_SOURCE={store.source}: ingest years with the `ingest_year` job in the UI instead", file=sys.stderr)
@@ -36,8 +51,10 @@ def main() -> int:
             return 1
     runs = [("full_pipeline", None)] + [("compare_variants", v) for v in variant_partitions.get_partition_keys()]
     for job, partition in runs + [("compare_models", None)]:
+        ops = {"full_pipeline": "trained_encoder", "compare_variants": "variant_encoder"}.get(job)
+        run_config = {"ops": {ops: {"config": training}}} if ops and training else None
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
-                                                              raise_on_error=False)
+                                                              run_config=run_config, raise_on_error=False)
         if not result.success:
             print(f"{job} {partition or ''} failed (run {result.run_id}); see `make dev`", file=sys.stderr)
             return 1

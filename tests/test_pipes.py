@@ -61,10 +61,8 @@ def test_materialization_metadata_comes_back_through_pipes(env):
     assert meta["launcher"].value == "subprocess"
     assert meta["mlflow_run"].value.endswith(model.run_id)
     assert len(meta["epoch_losses"].value) == TINY_TRAINING["epochs"]  # custom messages, one per epoch end
-    store = env["store"].layout.root / "pixels"
     expected = dataclasses.asdict(TrainConfig(**{**TINY_TRAINING}))
-    assert {**model.params, "pixel_store": ""} == expected  # downstream assets rebuild TrainConfig from these
-    assert model.params["pixel_store"].startswith(str(store))  # decoded once, trained from the store
+    assert model.params == expected  # downstream assets rebuild TrainConfig from these (PNG training by default)
 
 
 def test_the_mlflow_run_exists_and_holds_the_training(env):
@@ -94,6 +92,16 @@ def test_rematerializing_reuses_the_finished_run_without_training(env):
     assert model.reused and model.run_id == first.run_id and model.fingerprint == first.fingerprint
     assert _materialization(again).metadata["reused_finished_run"].value is True
     assert len(mlflow.search_runs(experiment_names=[cfg.experiment])) == before
+
+
+def test_train_from_pixels_trains_from_the_decoded_store(env):
+    store = DataStore(**{**env["store"].model_dump(), "train_from_pixels": True})
+    config = {**TINY_TRAINING, "epochs": 1, "seed": 2}  # another fingerprint: a fresh run
+    result = dg.materialize([trained_encoder], resources={**env["resources"], "store": store},
+                            instance=env["instance"], run_config={"ops": {"trained_encoder": {"config": config}}})
+    model = result.output_for_node("trained_encoder")
+    assert not model.reused and model.final_loss > 0
+    assert model.params["pixel_store"].startswith(str(store.layout.root / "pixels" / "64-"))
 
 
 def test_a_failing_child_fails_the_step_with_its_error(env):

@@ -32,7 +32,11 @@ class DataStore(dg.ConfigurableResource):
     uspto_xml_dir: str = Field(default_factory=lambda: _env("HMPCL_USPTO_XML_DIR", ""),
                                description="folder of USPTO weekly grant XML files (ipgYYMMDD.xml) for real data")
     decode_once: bool = Field(default_factory=lambda: _env("HMPCL_DECODE_ONCE", "1") not in ("0", "false"),
-                              description="train and embed from the decoded pixel store (decoded_drawings), not PNGs")
+                              description="embed from the decoded pixel store (decoded_drawings), not PNGs")
+    train_from_pixels: bool = Field(
+        default_factory=lambda: _env("HMPCL_TRAIN_FROM_PIXELS", "0") not in ("0", "false"),
+        description="train from the pixel store too (for GPUs, where PNG decoding is the ceiling); off by default: "
+                    "on the sample its batched augmentation gave lower retrieval scores than the PNG path")
     max_bad_fraction: float = 0.05
     min_lic_coverage: float = Field(default=0.9, description="lic_hierarchy check: share of drawings with a LIC code")
     # the generated corpus's size: SampleSpec's own defaults, settable from the launchpad

@@ -172,9 +172,9 @@ class PixelConfig(dg.Config):
 @dg.asset(deps=[lic_hierarchy], group_name="data", kinds={"numpy"})
 def decoded_drawings(context: dg.AssetExecutionContext, config: PixelConfig, store: DataStore) -> dg.MaterializeResult:
     """Every drawing decoded once, letterboxed to the image size (eval pixels) and with a crop margin (train pixels),
-    as memory-mapped uint8 arrays keyed by the size and the hierarchy's fingerprint: training epochs and embedding
-    read these instead of decoding PNGs again (hmpcl_lib.modeling.pixels). Reused while the hierarchy is unchanged.
-    Off with `decode_once: false` on the store resource (HMPCL_DECODE_ONCE=0)."""
+    as memory-mapped uint8 arrays keyed by the size and the hierarchy's fingerprint: embedding (and training, with
+    `train_from_pixels`) reads these instead of decoding PNGs again (hmpcl_lib.modeling.pixels). Reused while the
+    hierarchy is unchanged. Off with `decode_once: false` on the store resource (HMPCL_DECODE_ONCE=0)."""
     if not store.decode_once:
         return dg.MaterializeResult(metadata={"decode_once": False})
     from hmpcl_lib.modeling.pixels import prune_pixel_stores

@@ -33,7 +33,7 @@ def train_through_launcher(context: dg.AssetExecutionContext, train_config: Trai
     from hmpcl_lib.tracking import run_url
 
     tracking_cfg = mlflow_tracking.config
-    if not train_config.pixel_store:  # decode once: the hierarchy's pixel store at this size (reused if built)
+    if store.train_from_pixels and not train_config.pixel_store:  # the hierarchy's pixel store (reused if built)
         pixels = store.pixels(pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"]),
                               train_config.image_size)
         if pixels is not None:
