@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -86,7 +86,6 @@ def embed_paths(
     )
     paths = [str(p) for p in image_paths]
     target = resolve_device(device)
-    on_cuda = target.type == "cuda"
     workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
     loader = DataLoader(
         DrawingDataset(paths, transform=transform),
@@ -94,33 +93,11 @@ def embed_paths(
         shuffle=False,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=on_cuda,
+        pin_memory=target.type == "cuda",
         persistent_workers=False,
     )
-    was_training = model.training
-    model.eval().to(target)
-    model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported())
-    chunks: list[np.ndarray] = []
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode(), autocast:
-            for images, _ in loader:
-                images = images.to(target, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                vectors = F.normalize(model(images).float(), dim=-1)
-                chunks.append(vectors.cpu().numpy())
-    finally:
-        model.train(was_training)
-    seconds = time.perf_counter() - start
-    dim = getattr(model, "output_dim", None)
-    out = np.concatenate(chunks) if chunks else np.zeros((0, int(dim or 0)), dtype=np.float32)
-    rate = len(paths) / seconds if seconds > 0 else 0.0
-    log.info("embedded %d images in %.1f s (%.1f images/s, %s, batch %d, %d workers)",
-             len(paths), seconds, rate, target, batch_size, workers)
-    if stats is not None:
-        stats.n_images, stats.seconds, stats.images_per_s = len(paths), seconds, rate
-        stats.device, stats.batch_size, stats.num_workers = str(target), batch_size, workers
-    return out.astype(np.float16) if float16 else out.astype(np.float32, copy=False)
+    batches = (images.to(target, non_blocking=True) for images, _ in loader)
+    return _embed_batches(model, batches, len(paths), target, batch_size, workers, float16, stats, "files")
 
 
 def _embed_from_store(model, paths: list[str], image_size: int, batch_size: int, device, float16: bool,
@@ -132,32 +109,43 @@ def _embed_from_store(model, paths: list[str], image_size: int, batch_size: int,
     rows = store.positions(paths)
     mean, std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
     target = resolve_device(device)
-    on_cuda = target.type == "cuda"
+
+    def batches() -> Iterator[torch.Tensor]:
+        for lo in range(0, len(rows), batch_size):
+            pixels = torch.from_numpy(store.eval[rows[lo:lo + batch_size]])  # fancy index: a copy
+            yield eval_batch(pixels.pin_memory() if target.type == "cuda" else pixels, mean, std, target)
+
+    return _embed_batches(model, batches(), len(paths), target, batch_size, 0, float16, stats,
+                          f"pixel store {store.path}")
+
+
+def _embed_batches(model, batches: Iterable[torch.Tensor], n_images: int, target: torch.device, batch_size: int,
+                   workers: int, float16: bool, stats: EmbedStats | None, source: str) -> np.ndarray:
+    """The inference loop both paths share: eval mode, channels_last, bf16 autocast on CUDA, L2-normalised rows;
+    throughput logged and written into `stats`."""
     was_training = model.training
     model.eval().to(target)
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
+    on_cuda = target.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and torch.cuda.is_bf16_supported())
     chunks: list[np.ndarray] = []
     start = time.perf_counter()
     try:
         with torch.inference_mode(), autocast:
-            for lo in range(0, len(rows), batch_size):
-                pixels = torch.from_numpy(store.eval[rows[lo:lo + batch_size]])  # fancy index: a copy
-                if on_cuda:
-                    pixels = pixels.pin_memory()
-                images = eval_batch(pixels, mean, std, target)
+            for images in batches:
+                images = images.contiguous(memory_format=torch.channels_last)
                 chunks.append(F.normalize(model(images).float(), dim=-1).cpu().numpy())
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
     dim = getattr(model, "output_dim", None)
     out = np.concatenate(chunks) if chunks else np.zeros((0, int(dim or 0)), dtype=np.float32)
-    rate = len(paths) / seconds if seconds > 0 else 0.0
-    log.info("embedded %d images from pixel store %s in %.1f s (%.1f images/s, %s, batch %d)",
-             len(paths), store.path, seconds, rate, target, batch_size)
+    rate = n_images / seconds if seconds > 0 else 0.0
+    log.info("embedded %d images from %s in %.1f s (%.1f images/s, %s, batch %d, %d workers)",
+             n_images, source, seconds, rate, target, batch_size, workers)
     if stats is not None:
-        stats.n_images, stats.seconds, stats.images_per_s = len(paths), seconds, rate
-        stats.device, stats.batch_size, stats.num_workers = str(target), batch_size, 0
+        stats.n_images, stats.seconds, stats.images_per_s = n_images, seconds, rate
+        stats.device, stats.batch_size, stats.num_workers = str(target), batch_size, workers
     return out.astype(np.float16) if float16 else out.astype(np.float32, copy=False)
 
 
