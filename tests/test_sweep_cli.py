@@ -5,7 +5,6 @@ from __future__ import annotations
 import mlflow
 import polars as pl
 import pytest
-import torch
 
 from hmpcl_lib.tracking import cli
 from hmpcl_lib.tracking import sweep
@@ -15,12 +14,7 @@ TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epoch
         "warmup_steps=1", "num_workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _data_root(tmp_path):

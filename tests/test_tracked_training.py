@@ -11,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 # the same fixtures as test_training (one torch thread, the tiny drawing table): imported, so pytest registers them
-from test_training import drawing_table, one_torch_thread, tiny_config  # noqa: E402,F401
+from test_training import drawing_table, tiny_config  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 from hmpcl_lib import tracking  # noqa: E402
 from hmpcl_lib.io import file_sha256  # noqa: E402

@@ -65,13 +65,7 @@ def make_drawing_table(root: Path) -> pl.DataFrame:
     return pl.DataFrame(rows).with_columns(pl.col("^.*_label$").cast(pl.Int32))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads make tiny steps 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
