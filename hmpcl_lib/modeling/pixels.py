@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hmpcl_lib.diskspace import pixel_store_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.modeling.models import (PadToSquare, TRAIN_AFFINE_DEGREES, TRAIN_AFFINE_SCALE, TRAIN_AFFINE_TRANSLATE,
@@ -264,6 +265,9 @@ def ensure_pixel_store(
             return store
         log.warning("pixel store %s does not match its key; rebuilding it", final)
         shutil.rmtree(final)
+    n, text = len(paths), sum(len(i.encode()) + len(p.encode()) for i, p in zip(ids, paths))
+    require_free_disk(f"the pixel store ({n:,} drawings at {image_size} px)", final.parent,
+                      pixel_store_bytes(n, image_size, train_side(image_size), text))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:

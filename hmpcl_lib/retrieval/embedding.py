@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from hmpcl_lib.modeling.distributed import resolve_device
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
+from hmpcl_lib.diskspace import embeddings_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.io import write_parquet_atomic
 from hmpcl_lib.modeling.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
@@ -187,9 +188,14 @@ def embed_table(
 
 
 def write_embeddings(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write an embeddings table atomically (temp file + rename)."""
+    """Write an embeddings table atomically (temp file + rename), after checking the disk has room for it."""
     if table.column_names != ["drawing_id", "embedding"]:
         raise InputError(f"not an embeddings table: columns {table.column_names}", source=str(path))
+    kind = table.schema.field("embedding").type
+    float16 = pa.types.is_float16(kind.value_type)
+    require_free_disk(f"the corpus embeddings ({table.num_rows:,} x {kind.list_size} {kind.value_type})",
+                      Path(path).parent, embeddings_bytes(table.num_rows, kind.list_size, float16,
+                                                          table.column("drawing_id").nbytes))
     return write_parquet_atomic(table, path)
 
 

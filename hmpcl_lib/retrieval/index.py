@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from hmpcl_lib.diskspace import index_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 
 IndexKind = str  # "auto", "flat", "ivf", "hnsw", or a faiss index_factory string
@@ -380,11 +381,15 @@ class VectorIndex:
         """Write the index atomically: a temp dir beside `directory`, renamed over it when complete."""
         faiss = _faiss()
         target = Path(directory)
+        ids = self.ids.astype(str)
+        meta = self.meta
+        require_free_disk(f"the FAISS index ({len(ids):,} vectors, {meta.factory or meta.kind})", target.parent,
+                          index_bytes(len(ids), meta.dim, meta.kind, meta.nlist, meta.hnsw_m, ids.nbytes))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
             faiss.write_index(self._cpu(), str(tmp / INDEX_FILE))
-            np.save(tmp / IDS_FILE, self.ids.astype(str), allow_pickle=False)
+            np.save(tmp / IDS_FILE, ids, allow_pickle=False)
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2, sort_keys=True))
             old = None
             if target.exists():

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from hmpcl_lib.diskspace import download_bytes, require_free_disk
 from hmpcl_lib.errors import DownloadError, InputError
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,14 @@ def download_file(
     raise DownloadError(f"GET {url} -> {dest} failed after {retries + 1} attempts: {last_problem}")
 
 
+def _size_on_disk(dest: Path) -> int:
+    """Bytes of `dest` already here: the finished file, else its `.part` (0 when neither exists)."""
+    for path in (dest, dest.with_name(dest.name + ".part")):
+        if path.is_file():
+            return path.stat().st_size
+    return 0
+
+
 def download_year(
     year: int,
     dest_dir: str | os.PathLike,
@@ -343,9 +352,13 @@ def download_year(
     session: urllib.request.OpenerDirector | None = None,
     **download_kwargs,
 ) -> list[Path]:
-    """Download (or confirm) every part of `year` into `dest_dir`; returns the part paths in order."""
+    """Download (or confirm) every part of `year` into `dest_dir`; returns the part paths in order. Fails before
+    writing anything when the disk cannot hold what is still missing."""
     parts = files_for_year(list_dataset_files(base_url, doi, session=session), year)
     dest_dir = Path(dest_dir)
+    have = [_size_on_disk(dest_dir / f.filename) for f in parts]
+    require_free_disk(f"downloading year {year} ({len(parts)} parts)", dest_dir,
+                      download_bytes([f.filesize for f in parts], have))
     return [
         download_file(f, dest_dir / f.filename, base_url=base_url, opener=session, **download_kwargs) for f in parts
     ]

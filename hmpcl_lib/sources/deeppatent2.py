@@ -53,6 +53,7 @@ from hmpcl_lib.sources.dataverse import (  # re-exported (see __all__): the Deep
     suffix_index,
 )
 from hmpcl_lib.errors import InputError
+from hmpcl_lib.diskspace import InsufficientDiskError, extract_bytes, free_bytes, require_free_disk
 from hmpcl_lib.io import atomic_path, write_parquet_atomic
 
 __all__ = [
@@ -196,9 +197,16 @@ def reassemble_parts(parts: list[Path], out: Path) -> Path:
 
 
 def _check_space(needed: int, dest: Path, name: str, fmt: str) -> None:
-    free = shutil.disk_usage(dest).free
-    if needed > free:
-        raise InputError(f"{fmt} archive unpacks to {needed:,} bytes but only {free:,} are free under {dest}", name)
+    require_free_disk(f"unpacking the {fmt} archive {name}", dest, needed, margin=0)
+
+
+def _unpacked_size(archive: Path) -> int:
+    """What `archive` unpacks to: a zip lists it; a tar (or a corrupt zip, reported later) counts as its own size."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return archive.stat().st_size
 
 
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
@@ -236,14 +244,14 @@ def _extract_zip(archive: Path, dest: Path, name: str) -> None:
 
 def _extract_tar(archive: Path, dest: Path, name: str, fmt: str) -> None:
     """tarfile's `data` filter (no absolute paths, `..`, links out, device files) plus a bound on the total size."""
-    budget, used = shutil.disk_usage(dest).free, 0
+    budget, used = free_bytes(dest), 0
 
     def data_within_budget(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         nonlocal used
         member = tarfile.data_filter(member, path)
         used += member.size
-        if used > budget:
-            raise InputError(f"{fmt} archive unpacks to more than the {budget:,} bytes free under {dest}", name)
+        if used > budget:  # a tar lists no total: stop at the first member that no longer fits
+            raise InsufficientDiskError(f"unpacking the {fmt} archive {name}", dest, used, budget)
         return member
 
     try:
@@ -353,9 +361,10 @@ def extract_year(archive: Path, out_dir: Path, fingerprint: Any = None, name: st
         return _extracted(out_dir, done)
     if not archive.is_file():
         raise InputError("archive not found", source=str(archive))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):  # left by a run that died mid-way
         shutil.rmtree(stale, ignore_errors=True)
+    require_free_disk(f"extracting {name}", out_dir.parent, extract_bytes(_unpacked_size(archive)))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         fmt = _extract(archive, tmp, name)
@@ -401,6 +410,8 @@ def extract_parts(parts: list[Path], out_dir: Path) -> ExtractedYear:
     fmt = detect_format(parts) if parts else "no parts"
     if fmt not in ARCHIVE_FORMATS:
         raise InputError(f"not a zip or tar archive: its bytes say {fmt}", name)
+    joined = sum(p.stat().st_size for p in parts)  # a zip's own listing is only readable once joined
+    require_free_disk(f"extracting {name}", out_dir.parent, extract_bytes(joined, joined_bytes=joined))
     archive = out_dir.parent / f".{out_dir.name}.archive"
     try:
         reassemble_parts(parts, archive)
