@@ -122,3 +122,19 @@ def test_plots_are_written_and_deterministic(tmp_path):
     stacked = pl.concat([df.with_columns(pl.lit(n).alias("model")) for n, df in by_model.items()])
     assert per_class_bar_png(stacked, "patent_map", tmp_path / "bars2.png").read_bytes() == bars
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.png", "bars.png", "bars2.png", "recall.png"]
+
+
+@pytest.mark.parametrize("protocol", ["deeppatent", "leave_one_out"])
+def test_chunked_queries_give_the_same_numbers_and_keep_only_the_first_rankings(protocol):
+    """Queries scored a few at a time (as at DeepPatent2's size) give exactly the one-shot per-query metrics,
+    summary and recall curve; only the first `keep_rankings` rankings are kept."""
+    hierarchy, splits, embeddings = make_corpus(n_patents=60)
+    whole = benchmark_embeddings(embeddings, hierarchy, splits, protocol=protocol)
+    chunked = benchmark_embeddings(embeddings, hierarchy, splits, protocol=protocol, query_chunk=7,
+                                   keep_rankings=9)
+    assert chunked.per_query.equals(whole.per_query) and chunked.metrics.equals(whole.metrics)
+    np.testing.assert_array_equal(chunked.first_hit, whole.first_hit)
+    np.testing.assert_array_equal(recall_at_k_curve(chunked)[1], recall_at_k_curve(whole)[1])
+    assert chunked.ranking.shape == (9, whole.ranking.shape[1])
+    np.testing.assert_array_equal(chunked.ranking, whole.ranking[:9])
+    assert chunked.ranking_ids.tolist() == whole.ranking_ids[:9].tolist()

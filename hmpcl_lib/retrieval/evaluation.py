@@ -6,6 +6,15 @@ Two protocols on the same test split:
 - "deeppatent" (the headline, SPEC): the first drawing of each test patent is the query, the rest the gallery;
 - "leave_one_out": every test drawing is a query against all other test drawings (about 6x the queries on the
   sample, so a smaller difference between two models is visible above the noise).
+
+Bounded memory at any size: queries are searched and scored `QUERY_CHUNK` at a time, each ranking is cut at
+`TRUNCATED_K` once the gallery exceeds `FULL_RANKING_MAX_GALLERY`, and only the first `KEEP_RANKINGS` queries'
+rankings are kept (for the query/top-k pictures); the recall curve comes from each query's first same-patent rank.
+At DeepPatent2's full size (≈ 540k test drawings, leave-one-out) the peak is the test vectors, the index and one
+chunk's [QUERY_CHUNK, K] arrays, never [Q, K]. What the truncation does to each metric: R@1/5/10, MRR@10, nDCG@10
+and the mAP@100 of subclass and class look at the top 100 at most, so they are exact; patent mAP counts a relevant
+item ranked below K as never retrieved (precision 0 there), so it is a lower bound of the full-ranking mAP, tight
+while a patent's drawings sit in the top 1000 (DeepPatent2 has ≈ 7 per patent).
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ import polars as pl
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.retrieval.index import VectorIndex
-from hmpcl_lib.retrieval.metrics import per_query_metrics, summarise
+from hmpcl_lib.retrieval.metrics import QueryLabels, summarise
 
 FULL_RANKING_MAX_GALLERY = 10_000
 TRUNCATED_K = 1000
+QUERY_CHUNK = 2048  # queries searched and scored at once: [2048, 1001] rankings ≈ 60 MB of working arrays
+KEEP_RANKINGS = 1000  # queries whose rankings the result keeps (the pictures use the first few)
 LABEL_COLUMNS = ["drawing_id", "patent_id", "subclass_code", "class_code"]
 PROTOCOLS = ("deeppatent", "leave_one_out")
 
@@ -31,11 +42,12 @@ class BenchmarkResult:
     metrics: pl.DataFrame  # metrics.evaluate output: scope "all" + one row per main class
     queries: pl.DataFrame  # LABEL_COLUMNS, row order of the rankings
     gallery: pl.DataFrame  # LABEL_COLUMNS, row order = index positions
-    ranking_ids: np.ndarray  # [Q, K] gallery drawing ids (None pads)
-    ranking_scores: np.ndarray  # [Q, K] float32 (-inf pads)
-    ranking: np.ndarray  # [Q, K] gallery row positions (-1 pads)
+    ranking_ids: np.ndarray  # [min(Q, keep_rankings), K] gallery drawing ids of the first queries (None pads)
+    ranking_scores: np.ndarray  # the same rows' scores, float32 (-inf pads)
+    ranking: np.ndarray  # the same rows' gallery row positions (-1 pads)
     per_query: pl.DataFrame | None = None  # metrics.per_query_metrics: one row per query (paired comparisons)
     protocol: str = "deeppatent"
+    first_hit: np.ndarray | None = None  # [Q] 1-based rank of each query's first same-patent item (huge: none)
 
 
 def _role_rows(splits: pl.DataFrame, hierarchy: pl.DataFrame, role: str) -> pl.DataFrame:
@@ -63,9 +75,9 @@ def _vectors_for(frame: pl.DataFrame, ids: np.ndarray, vectors: np.ndarray, role
     return vectors[rows["_row"].to_numpy()]
 
 
-def _without_self(ranking: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop each query's own row (query q is gallery row q) from [Q, K+1] results → [Q, K]."""
-    keep = ranking != np.arange(ranking.shape[0])[:, None]
+def _without_self(ranking: np.ndarray, scores: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each query's own row (query start + i is gallery row start + i) from [Q, K+1] results → [Q, K]."""
+    keep = ranking != np.arange(start, start + ranking.shape[0])[:, None]
     keep[keep.all(axis=1), -1] = False  # self not retrieved (ties): drop the last result instead
     shape = (ranking.shape[0], ranking.shape[1] - 1)
     return ranking[keep].reshape(shape), scores[keep].reshape(shape)
@@ -79,11 +91,14 @@ def benchmark_embeddings(
     per_class: bool = True,
     index_kind: str = "flat",
     protocol: str = "deeppatent",
+    query_chunk: int = QUERY_CHUNK,
+    keep_rankings: int = KEEP_RANKINGS,
 ) -> BenchmarkResult:
     """Rank the test gallery for every test query and score the rankings (see the module doc for `protocol`).
 
     k defaults to the whole gallery when it has at most 10 000 drawings (exact mAP), else 1000. The index is
-    exact (`flat`) by default so the numbers describe the embeddings, not the ANN approximation.
+    exact (`flat`) by default so the numbers describe the embeddings, not the ANN approximation. Queries go
+    `query_chunk` at a time; the rankings of the first `keep_rankings` queries are kept in the result.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -103,26 +118,32 @@ def benchmark_embeddings(
     size = gallery.height - leave_one_out
     if k is None:
         k = size if size <= FULL_RANKING_MAX_GALLERY else TRUNCATED_K
-    ranking, scores = index.search_positions(query_vectors, k + leave_one_out)
-    if leave_one_out:
-        ranking, scores = _without_self(ranking, scores)
+    labels = QueryLabels(queries, gallery, queries_in_gallery=leave_one_out)
+    frames, first_hits, kept, kept_scores = [], [], [], []
+    for start in range(0, max(queries.height, 1), max(1, query_chunk)):
+        ranking, scores = index.search_positions(query_vectors[start:start + query_chunk], k + leave_one_out)
+        if leave_one_out:
+            ranking, scores = _without_self(ranking, scores, start)
+        frame, first_hit = labels.score(ranking, start)
+        frames.append(frame)
+        first_hits.append(first_hit)
+        if start < keep_rankings:
+            kept.append(ranking[:keep_rankings - start])
+            kept_scores.append(scores[:keep_rankings - start])
+    ranking, scores = np.concatenate(kept), np.concatenate(kept_scores)
     ranking_ids = np.full(ranking.shape, None, dtype=object)
     ranking_ids[ranking >= 0] = index.ids[ranking[ranking >= 0]]
-    per_query = per_query_metrics(queries, gallery, ranking, queries_in_gallery=leave_one_out)
+    per_query = pl.concat(frames)
     return BenchmarkResult(summarise(per_query, per_class), queries, gallery, ranking_ids, scores, ranking,
-                           per_query, protocol)
+                           per_query, protocol, np.concatenate(first_hits))
 
 
 def recall_at_k_curve(result: BenchmarkResult, ks: Iterable[int] = range(1, 51)) -> tuple[np.ndarray, np.ndarray]:
-    """Patent-level hit rate at each k (queries with no same-patent gallery drawing left out), for plots."""
+    """Patent-level hit rate at each k over the included queries (those with a same-patent gallery drawing), from
+    each query's first same-patent rank: every query counts, not only the ones whose ranking is kept."""
     ks = np.asarray(list(ks), dtype=np.int64)
-    query_patent = result.queries["patent_id"].to_numpy()
-    gallery_patent = result.gallery["patent_id"].to_numpy()
-    ranking = result.ranking
-    relevant = (gallery_patent[np.where(ranking >= 0, ranking, 0)] == query_patent[:, None]) & (ranking >= 0)
-    included = np.isin(query_patent, gallery_patent)
-    relevant = relevant[included]
-    if relevant.shape[0] == 0:
+    included = ~result.per_query["excluded"].to_numpy()
+    first = result.first_hit[included]
+    if first.shape[0] == 0:
         return ks, np.full(len(ks), np.nan)
-    first = np.where(relevant.any(axis=1), relevant.argmax(axis=1) + 1, np.iinfo(np.int64).max)
     return ks, (first[None, :] <= ks[:, None]).mean(axis=1)

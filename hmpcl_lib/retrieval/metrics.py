@@ -51,23 +51,26 @@ NDCG_K = 10
 GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS = 3.0, 2.0, 1.0
 
 
-def _check_inputs(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray) -> np.ndarray:
+def _check_frames(queries: pl.DataFrame, gallery: pl.DataFrame) -> None:
     for name, frame in (("queries", queries), ("gallery", gallery)):
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise InputError(f"missing columns {missing}", source=name)
+
+
+def _check_ranking(ranking: np.ndarray, query_ids: pl.Series, gallery_size: int) -> np.ndarray:
     ranking = np.asarray(ranking)
-    if ranking.ndim != 2 or ranking.shape[0] != queries.height:
-        raise InputError(f"ranking must have shape [{queries.height}, K], got {ranking.shape}", source="ranking")
+    if ranking.ndim != 2 or ranking.shape[0] != len(query_ids):
+        raise InputError(f"ranking must have shape [{len(query_ids)}, K], got {ranking.shape}", source="ranking")
     if not np.issubdtype(ranking.dtype, np.integer):
         raise InputError(f"ranking must hold integer gallery row indices, got {ranking.dtype}", source="ranking")
-    bad = (ranking < -1) | (ranking >= gallery.height)
+    bad = (ranking < -1) | (ranking >= gallery_size)
     if bad.any():
         q, r = np.argwhere(bad)[0]
         raise InputError(
-            f"gallery index {ranking[q, r]} at rank {r + 1} is outside [0, {gallery.height})",
+            f"gallery index {ranking[q, r]} at rank {r + 1} is outside [0, {gallery_size})",
             source="ranking",
-            record=queries["drawing_id"][int(q)],
+            record=query_ids[int(q)],
         )
     return ranking.astype(np.int64, copy=False)
 
@@ -126,62 +129,77 @@ def _ideal_dcg(n_patent: np.ndarray, n_subclass: np.ndarray, n_class: np.ndarray
     return (gains / np.log2(positions + 2)).sum(axis=1)
 
 
+class QueryLabels:
+    """Everything the metrics need of the labels, computed once over all queries and the whole gallery (integer
+    codes, relevant-item counts per level): rankings can then be scored a chunk of queries at a time, so a
+    benchmark with 10^5-10^6 queries never holds a [Q, K] array of all of them (see `evaluation.py`)."""
+
+    def __init__(self, queries: pl.DataFrame, gallery: pl.DataFrame, queries_in_gallery: bool = False):
+        _check_frames(queries, gallery)
+        self.queries, self.gallery_size = queries, gallery.height
+
+        def counts(keys: list[str]) -> np.ndarray:
+            return _gallery_counts(queries, gallery, keys, queries_in_gallery)
+
+        self.q_patent, self.g_patent = _codes(queries["patent_id"], gallery["patent_id"])
+        self.q_sub, self.g_sub = _codes(queries["subclass_code"], gallery["subclass_code"])
+        self.q_cls, self.g_cls = _codes(queries["class_code"], gallery["class_code"])
+        self.n_patent, self.n_sub, self.n_cls = counts(["patent_id"]), counts(["subclass_code"]), counts(["class_code"])
+        # Graded gains count the deepest shared level once: counts by inclusion-exclusion over the key sets.
+        n_patent_sub = counts(["patent_id", "subclass_code"])
+        n_patent_cls = counts(["patent_id", "class_code"])
+        n_sub_cls = counts(["subclass_code", "class_code"])
+        n_all = counts(["patent_id", "subclass_code", "class_code"])
+        self.n_gain_2 = self.n_sub - n_patent_sub
+        self.n_gain_1 = self.n_cls - n_sub_cls - n_patent_cls + n_all
+
+    def score(self, ranking: np.ndarray, start: int = 0) -> tuple[pl.DataFrame, np.ndarray]:
+        """Per-query metrics of queries start .. start + len(ranking) (see `per_query_metrics`), and the 1-based
+        rank of each one's first same-patent item (a huge number where none is ranked)."""
+        rows = slice(start, start + len(ranking))
+        queries = self.queries[rows]
+        ranking = _check_ranking(ranking, queries["drawing_id"], self.gallery_size)
+        rel_patent = _relevance(self.q_patent[rows], self.g_patent, ranking)
+        rel_sub = _relevance(self.q_sub[rows], self.g_sub, ranking)
+        rel_cls = _relevance(self.q_cls[rows], self.g_cls, ranking)
+        n_patent = self.n_patent[rows]
+        excluded = n_patent == 0
+
+        columns: dict[str, np.ndarray] = {"patent_map": _average_precision(rel_patent, n_patent)}
+        first_hit = _first_hit_rank(rel_patent)
+        for k in RECALL_KS:
+            columns[f"patent_recall_at_{k}"] = (first_hit <= k).astype(np.float64)
+        columns["patent_mrr_at_10"] = np.where(first_hit <= MRR_K, 1.0 / np.minimum(first_hit, MRR_K), 0.0)
+        top = HIERARCHY_MAP_K
+        columns["subclass_map_at_100"] = _average_precision(rel_sub[:, :top], np.minimum(self.n_sub[rows], top))
+        columns["class_map_at_100"] = _average_precision(rel_cls[:, :top], np.minimum(self.n_cls[rows], top))
+        gains = np.select(
+            [rel_patent[:, :NDCG_K], rel_sub[:, :NDCG_K], rel_cls[:, :NDCG_K]],
+            [GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS],
+            0.0,
+        )
+        dcg = (gains / np.log2(np.arange(gains.shape[1]) + 2)).sum(axis=1)
+        ideal = _ideal_dcg(n_patent, self.n_gain_2[rows], self.n_gain_1[rows], NDCG_K)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            columns["graded_ndcg_at_10"] = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), np.nan)
+
+        frame = pl.DataFrame(
+            {
+                "drawing_id": queries["drawing_id"],
+                "class_code": queries["class_code"].cast(pl.String),
+                "excluded": excluded,
+                **{name: np.where(excluded, np.nan, values) for name, values in columns.items()},
+            }
+        )
+        return frame.with_columns(pl.col(METRIC_COLUMNS).fill_nan(None)), first_hit
+
+
 def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray,
                       queries_in_gallery: bool = False) -> pl.DataFrame:
     """One row per query: drawing_id, class_code, `excluded` flag and every metric (null when excluded)."""
-    ranking = _check_inputs(queries, gallery, ranking)
-
-    def counts(keys: list[str]) -> np.ndarray:
-        return _gallery_counts(queries, gallery, keys, queries_in_gallery)
-
-    q_patent, g_patent = _codes(queries["patent_id"], gallery["patent_id"])
-    q_sub, g_sub = _codes(queries["subclass_code"], gallery["subclass_code"])
-    q_cls, g_cls = _codes(queries["class_code"], gallery["class_code"])
-
-    rel_patent = _relevance(q_patent, g_patent, ranking)
-    rel_sub = _relevance(q_sub, g_sub, ranking)
-    rel_cls = _relevance(q_cls, g_cls, ranking)
-
-    n_patent = counts(["patent_id"])
-    n_sub = counts(["subclass_code"])
-    n_cls = counts(["class_code"])
-    excluded = n_patent == 0
-
-    columns: dict[str, np.ndarray] = {"patent_map": _average_precision(rel_patent, n_patent)}
-    first_hit = _first_hit_rank(rel_patent)
-    for k in RECALL_KS:
-        columns[f"patent_recall_at_{k}"] = (first_hit <= k).astype(np.float64)
-    columns["patent_mrr_at_10"] = np.where(first_hit <= MRR_K, 1.0 / np.minimum(first_hit, MRR_K), 0.0)
-    top = HIERARCHY_MAP_K
-    columns["subclass_map_at_100"] = _average_precision(rel_sub[:, :top], np.minimum(n_sub, top))
-    columns["class_map_at_100"] = _average_precision(rel_cls[:, :top], np.minimum(n_cls, top))
-
-    # Graded gains count the deepest shared level once: counts by inclusion-exclusion over the key sets.
-    gains = np.select(
-        [rel_patent[:, :NDCG_K], rel_sub[:, :NDCG_K], rel_cls[:, :NDCG_K]],
-        [GAIN_PATENT, GAIN_SUBCLASS, GAIN_CLASS],
-        0.0,
-    )
-    dcg = (gains / np.log2(np.arange(gains.shape[1]) + 2)).sum(axis=1)
-    n_patent_sub = counts(["patent_id", "subclass_code"])
-    n_patent_cls = counts(["patent_id", "class_code"])
-    n_sub_cls = counts(["subclass_code", "class_code"])
-    n_all = counts(["patent_id", "subclass_code", "class_code"])
-    n_gain_2 = n_sub - n_patent_sub
-    n_gain_1 = n_cls - n_sub_cls - n_patent_cls + n_all
-    ideal = _ideal_dcg(n_patent, n_gain_2, n_gain_1, NDCG_K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        columns["graded_ndcg_at_10"] = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), np.nan)
-
-    frame = pl.DataFrame(
-        {
-            "drawing_id": queries["drawing_id"],
-            "class_code": queries["class_code"].cast(pl.String),
-            "excluded": excluded,
-            **{name: np.where(excluded, np.nan, values) for name, values in columns.items()},
-        }
-    )
-    return frame.with_columns(pl.col(METRIC_COLUMNS).fill_nan(None))
+    _check_frames(queries, gallery)
+    _check_ranking(ranking, queries["drawing_id"], gallery.height)
+    return QueryLabels(queries, gallery, queries_in_gallery).score(ranking)[0]
 
 
 def _scope_means(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:
