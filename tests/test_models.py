@@ -94,6 +94,15 @@ def test_encoder_gives_unit_vectors_of_the_requested_dimension():
     assert encoder.output_dim == 32
 
 
+@pytest.mark.parametrize("embed_dim", [16, None])
+def test_backbones_with_a_pre_logits_layer_get_a_head_of_the_right_width(embed_dim):
+    """MobileNetV3 returns its conv_head's 1024 features with num_classes=0, not num_features (288)."""
+    encoder = build_encoder("mobilenetv3_small_050", embed_dim=embed_dim, weights="none").eval()
+    with torch.no_grad():
+        z = encoder(torch.randn(2, 3, 64, 64))
+    assert z.shape == (2, embed_dim or 1024) and encoder.output_dim == (embed_dim or 1024)
+
+
 def test_pretrained_only_encoder_normalises_pooled_backbone_features():
     encoder = build_encoder(embed_dim=None, weights="package").eval()
     x = torch.randn(2, 3, 64, 64)

@@ -47,7 +47,9 @@ class Encoder(nn.Module):
     def __init__(self, backbone: nn.Module, embed_dim: int | None, head: str, config: dict[str, Any]):
         super().__init__()
         self.backbone = backbone
-        features = backbone.num_features
+        # what forward() returns with num_classes=0: models with a pre-logits layer (MobileNetV3's conv_head, ...)
+        # return head_hidden_size features, not num_features
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         if embed_dim is None:
             self.head: nn.Module = nn.Identity()
         elif head == "mlp":
