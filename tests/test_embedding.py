@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hmpcl_lib.retrieval.embedding import EmbedStats, embed_paths, embed_table, read_embeddings, write_embeddings
+from hmpcl_lib.retrieval.embedding import (EmbedStats, embed_paths, embed_table, embed_to_parquet, read_embeddings,
+                                           write_embeddings)
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.schemas import embeddings_schema
@@ -84,6 +86,9 @@ def test_table_round_trip(model, drawings, tmp_path, float16):
     assert vectors.dtype == np.float32 and vectors.shape == (7, 32)
     direct = embed_paths(model, drawings, device="cpu", num_workers=0)
     np.testing.assert_allclose(vectors, direct, atol=2e-3 if float16 else 1e-6)
+    some_ids, some = read_embeddings(path, ids=pl.Series(["id5", "id1", "nope"]))  # filtered while reading
+    assert some_ids.tolist() == ["id1", "id5"]
+    np.testing.assert_array_equal(some, vectors[[1, 5]])
 
 
 def test_truncated_and_missing_images_name_the_file(model, drawings, tmp_path):
@@ -113,3 +118,19 @@ def test_read_embeddings_rejects_bad_files(tmp_path):
     with pytest.raises(InputError) as err:
         read_embeddings(nulls)
     assert err.value.record == "#1" and "nulls.parquet" in str(err.value)
+
+
+def test_embed_to_parquet_writes_chunk_by_chunk_what_embed_table_gives(model, drawings, tmp_path):
+    """Chunks of 3 rows, each a row group of one file: the same ids and vectors as one embed_table call."""
+    frame = pl.DataFrame({"drawing_id": [f"id{i}" for i in range(len(drawings))], "image_path": drawings})
+    stats = EmbedStats()
+    path, rows, dim = embed_to_parquet(model, frame, tmp_path / "e" / "emb.parquet", chunk_rows=3, stats=stats,
+                                       batch_size=2, device="cpu", num_workers=0)
+    assert (rows, dim) == (len(drawings), 32) and stats.n_images == len(drawings) and stats.images_per_s > 0
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3 and sorted(os.listdir(path.parent)) == ["emb.parquet"]
+    ids, vectors = read_embeddings(path)
+    whole = embed_table(model, frame, batch_size=2, device="cpu", num_workers=0)
+    assert ids.tolist() == whole.column("drawing_id").to_pylist()
+    np.testing.assert_allclose(vectors, np.stack(whole.column("embedding").to_numpy(zero_copy_only=False)), atol=1e-6)
+    empty, n, _ = embed_to_parquet(model, frame.head(0), tmp_path / "empty.parquet", device="cpu", num_workers=0)
+    assert n == 0 and read_embeddings(empty)[1].shape == (0, 32)

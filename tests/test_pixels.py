@@ -204,3 +204,16 @@ def test_batched_grid_is_torchs_affine_grid():
     thetas = torch.from_numpy(np.stack([sample_augmentation(s, 20) for s in range(4)]))
     expected = torch.nn.functional.affine_grid(thetas, [4, 1, 20, 20], align_corners=False)
     torch.testing.assert_close(pixels._affine_grid(thetas, 20), expected, atol=1e-6, rtol=0)
+
+
+def test_build_spans_chunks_and_eval_rows_reads_any_order(table, tmp_path, monkeypatch):
+    """A build written chunk by chunk (here 3 rows a chunk) holds exactly the one-chunk build's pixels, and
+    `eval_rows` gives the memory map's rows for a consecutive run (one pread) and for any other order."""
+    whole = ensure_pixel_store(table, tmp_path / "a", SIZE, workers=1)
+    monkeypatch.setattr(pixels, "_CHUNK", 3)
+    chunked = ensure_pixel_store(table, tmp_path / "b", SIZE, workers=2)
+    assert len(table) > 3
+    np.testing.assert_array_equal(chunked.eval, whole.eval)
+    np.testing.assert_array_equal(chunked.train, whole.train)
+    for rows in ([1, 2, 3], [0], list(range(len(table))), [3, 1, 2], [2, 2], []):
+        np.testing.assert_array_equal(chunked.eval_rows(np.array(rows, dtype=np.int64)), chunked.eval[rows])

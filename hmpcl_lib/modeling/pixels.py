@@ -201,6 +201,22 @@ class PixelStore:
     def __len__(self) -> int:
         return int(self.meta["count"])
 
+    def eval_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Eval pixels of `rows` ([len(rows), S, S] uint8, a copy). A run of consecutive rows is one `pread` from
+        the file, so reading the whole store in order (corpus embedding) never leaves it mapped in this process's
+        memory; any other order reads through the memory map."""
+        rows = np.asarray(rows, dtype=np.int64)
+        s = self.image_size
+        if len(rows) == 0 or not (np.all(np.diff(rows) == 1) and 0 <= rows[0] and rows[-1] < len(self)):
+            return np.asarray(self.eval[rows])
+        out = np.empty((len(rows), s, s), np.uint8)
+        with open(self.path / "eval.npy", "rb") as f:
+            n = os.preadv(f.fileno(), [out.data], self.eval.offset + int(rows[0]) * s * s)
+        if n != out.nbytes:
+            raise InputError(f"eval.npy is shorter than its header says ({n} of {out.nbytes} bytes read)",
+                             source=str(self.path))
+        return out
+
     def positions(self, image_paths: Sequence[str]) -> np.ndarray:
         """Row of each image path in the store (int64); an image the store lacks is an InputError naming it."""
         if self._position is None:
@@ -295,32 +311,42 @@ def _decode_one(path: str, record: str, eval_size: int, side: int) -> tuple[np.n
     return small, large
 
 
+def _npy_writer(path: Path, shape: tuple[int, ...]):
+    """An open file holding a uint8 `.npy` header for `shape`: rows are appended in order with plain writes, so the
+    build keeps one chunk in memory whatever N is (a writable memmap would keep every written page resident)."""
+    out = open(path, "wb")
+    np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return out
+
+
 def _build(tmp: Path, table: _Rows, image_size: int, fingerprint: str, workers: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     n, side = len(table.image_paths), train_side(image_size)
-    eval_arr = np.lib.format.open_memmap(tmp / "eval.npy", mode="w+", dtype=np.uint8, shape=(n, image_size, image_size))
-    train_arr = np.lib.format.open_memmap(tmp / "train.npy", mode="w+", dtype=np.uint8, shape=(n, side, side))
-
-    def work(i: int) -> None:
-        eval_arr[i], train_arr[i] = _decode_one(table.image_paths[i], table.drawing_ids[i], image_size, side)
-
     log.info("pixel store: decoding %d drawings at %d px (train side %d) with %d threads into %s",
              n, image_size, side, workers, tmp.parent)
     start = last_log = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with (_npy_writer(tmp / "eval.npy", (n, image_size, image_size)) as eval_out,
+          _npy_writer(tmp / "train.npy", (n, side, side)) as train_out,
+          ThreadPoolExecutor(max_workers=workers) as pool):
         for lo in range(0, n, _CHUNK):
-            for _ in pool.map(work, range(lo, min(n, lo + _CHUNK))):  # re-raises the first InputError
+            hi = min(n, lo + _CHUNK)
+            eval_chunk = np.empty((hi - lo, image_size, image_size), np.uint8)
+            train_chunk = np.empty((hi - lo, side, side), np.uint8)
+
+            def work(i: int) -> None:
+                eval_chunk[i - lo], train_chunk[i - lo] = _decode_one(table.image_paths[i], table.drawing_ids[i],
+                                                                      image_size, side)
+
+            for _ in pool.map(work, range(lo, hi)):  # re-raises the first InputError
                 pass
+            eval_out.write(eval_chunk.data)
+            train_out.write(train_chunk.data)
             now = time.perf_counter()
             if now - last_log >= _LOG_EVERY_S:
-                done = min(n, lo + _CHUNK)
-                log.info("pixel store: %d / %d drawings decoded (%.0f /s)", done, n, done / (now - start))
+                log.info("pixel store: %d / %d drawings decoded (%.0f /s)", hi, n, hi / (now - start))
                 last_log = now
-    eval_arr.flush()
-    train_arr.flush()
-    del eval_arr, train_arr
     seconds = time.perf_counter() - start
     pq.write_table(pa.table({"drawing_id": pa.array(table.drawing_ids, pa.string()),
                              "image_path": pa.array(table.image_paths, pa.string()),

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from hmpcl_lib.modeling.distributed import resolve_device
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.diskspace import embeddings_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.io import write_parquet_atomic
+from hmpcl_lib.io import atomic_path, write_parquet_atomic
 from hmpcl_lib.modeling.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
 from hmpcl_lib.modeling.pixels import PixelStore, eval_batch, open_pixel_store
 from hmpcl_lib.schemas import embeddings_schema
@@ -113,7 +114,7 @@ def _embed_from_store(model, paths: list[str], image_size: int, batch_size: int,
 
     def batches() -> Iterator[torch.Tensor]:
         for lo in range(0, len(rows), batch_size):
-            pixels = torch.from_numpy(store.eval[rows[lo:lo + batch_size]])  # fancy index: a copy
+            pixels = torch.from_numpy(store.eval_rows(rows[lo:lo + batch_size]))  # a copy, read with pread
             yield eval_batch(pixels.pin_memory() if target.type == "cuda" else pixels, mean, std, target)
 
     return _embed_batches(model, batches(), len(paths), target, batch_size, 0, float16, stats,
@@ -199,10 +200,62 @@ def write_embeddings(table: pa.Table, path: str | os.PathLike) -> Path:
     return write_parquet_atomic(table, path)
 
 
-def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an embeddings Parquet → (drawing ids as a str array, [N, D] float32 vectors)."""
+EMBED_CHUNK_ROWS = 65_536  # rows embedded and written per Parquet row group by `embed_to_parquet`
+
+
+def embed_to_parquet(
+    model: torch.nn.Module,
+    table: pa.Table | pl.DataFrame,
+    path: str | os.PathLike,
+    chunk_rows: int = EMBED_CHUNK_ROWS,
+    stats: EmbedStats | None = None,
+    **embed_options: Any,
+) -> tuple[Path, int, int]:
+    """`embed_table` + `write_embeddings` for a corpus of any size: `chunk_rows` rows at a time, each written as a
+    row group of one Parquet file (temp file, renamed when complete), so memory holds one chunk's vectors, not the
+    corpus's. Returns (path, rows, dim); `stats` gets the throughput over all chunks."""
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    dim = int(getattr(model, "output_dim", 0) or 0)
+    float16 = bool(embed_options.get("float16", False))
+    if dim:
+        require_free_disk(f"the corpus embeddings ({frame.height:,} x {dim})", Path(path).parent,
+                          embeddings_bytes(frame.height, dim, float16, int(frame["drawing_id"].str.len_bytes().sum())))
+    total = EmbedStats()
+    writer = None
+    with atomic_path(path) as tmp:
+        try:
+            for lo in range(0, frame.height, chunk_rows):
+                part_stats = EmbedStats()
+                part = embed_table(model, frame.slice(lo, chunk_rows), stats=part_stats, **embed_options)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, part.schema)
+                writer.write_table(part)
+                dim = part.schema.field("embedding").type.list_size
+                total.n_images += part_stats.n_images
+                total.seconds += part_stats.seconds
+                total.device, total.batch_size, total.num_workers = (part_stats.device, part_stats.batch_size,
+                                                                     part_stats.num_workers)
+            if writer is None:  # no rows: an empty file of the right schema
+                pq.write_table(embeddings_table([], np.zeros((0, dim), np.float32), float16), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+    total.images_per_s = total.n_images / total.seconds if total.seconds > 0 else 0.0
+    if stats is not None:
+        stats.__dict__.update(total.__dict__)
+    return Path(path), frame.height, dim
+
+
+def read_embeddings(path: str | os.PathLike, ids: Sequence[str] | pl.Series | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Read an embeddings Parquet → (drawing ids as a str array, [N, D] float32 vectors); with `ids`, only those
+    rows (filtered while reading, so the rest of a multi-million-row corpus never enters memory)."""
     try:
-        table = pq.read_table(path)
+        if ids is None:
+            table = pq.read_table(path)
+        else:
+            wanted = pa.array(ids.to_list() if isinstance(ids, pl.Series) else list(ids), pa.string())
+            table = pq.read_table(path, filters=pc.field("drawing_id").isin(wanted))
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"cannot read embeddings Parquet: {exc}", source=str(path)) from exc
     if table.column_names[:2] != ["drawing_id", "embedding"]:

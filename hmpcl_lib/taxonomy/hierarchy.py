@@ -18,6 +18,9 @@ from hmpcl_lib.errors import InputError
 from hmpcl_lib.taxonomy.locarno import MISSING_TEXTS, load_taxonomy, parse_locarno_code, taxonomy_edition
 
 SPLIT_NAMES = ("train", "val", "test")
+# the columns of the parsed drawings tables that `build_lic_hierarchy` reads (read only these at scale)
+DRAWING_COLUMNS = ("drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path",
+                   "classification_locarno")
 
 
 def _frame(table: pa.Table | pl.DataFrame, name: str, required: Sequence[str]) -> pl.DataFrame:
@@ -83,7 +86,7 @@ def build_lic_hierarchy(
     row order. Drawings with a malformed record code, or without any code, go to the quarantine table (one row per
     drawing, `source` names the drawings table). Returns (`lic_hierarchy` table sorted by drawing_id, quarantine table).
     """
-    draw = _frame(drawings, "drawings", ["drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path"])
+    draw = _frame(drawings, "drawings", list(DRAWING_COLUMNS[:-1]))
     codes = _frame(lic_codes, "lic_codes", ["doc_number", "grant_date", "lic_edition", "class_code", "subclass_code"])
     tax = load_taxonomy() if taxonomy is None else taxonomy
     if "classification_locarno" not in draw.columns:

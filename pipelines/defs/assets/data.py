@@ -116,7 +116,8 @@ def lic_hierarchy(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     files = store.layout.drawings_paths()
     if not files:
         raise dg.Failure("no parsed drawings yet: materialize `drawings` for at least one year first")
-    all_drawings = pl.read_parquet(files)
+    # only the columns the join needs: the captions and boxes of millions of records never enter memory
+    all_drawings = pl.read_parquet(files, columns=list(hierarchy.DRAWING_COLUMNS))
     codes = pl.read_parquet(store.layout.lic_codes_path)
     table, quarantine = hierarchy.build_lic_hierarchy(all_drawings, codes)
     write_parquet_atomic(table, store.layout.hierarchy_path)
@@ -151,7 +152,7 @@ class SplitConfig(dg.Config):
 @dg.asset(deps=[lic_hierarchy], group_name="data", kinds={"parquet"})
 def splits(context: dg.AssetExecutionContext, config: SplitConfig, store: DataStore) -> dg.MaterializeResult:
     """Train/val/test by patent (seeded, stable); in test each patent's first drawing is the query."""
-    hier = pl.read_parquet(store.layout.hierarchy_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "patent_id", "class_code"])
     table = hierarchy.build_splits(hier, seed=config.seed,
                                    fractions=(config.train_fraction, config.val_fraction, config.test_fraction))
     write_parquet_atomic(table, store.layout.splits_path)

@@ -44,17 +44,18 @@ class Embeddings:
 def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
                       mlflow_tracking: MlflowTracking) -> dg.Output[Embeddings]:
     """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""
-    from hmpcl_lib.retrieval.embedding import embed_table, write_embeddings
+    from hmpcl_lib.retrieval.embedding import EmbedStats, embed_to_parquet
 
-    hier = pl.read_parquet(store.layout.hierarchy_path)
+    hier = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"])
     model = tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri)
     size = _image_size(trained_encoder)
-    table = embed_table(model, hier.select("drawing_id", "image_path"), image_size=size,
-                        pixel_store=store.pixels(hier, size))
-    path = write_embeddings(table, store.layout.embeddings_path(trained_encoder.run_id))
-    dim = table.schema.field("embedding").type.list_size
-    value = Embeddings(str(path), trained_encoder.run_id, table.num_rows, dim)
-    return dg.Output(value, metadata={"dagster/row_count": table.num_rows, "dim": dim,
+    # chunk by chunk into one Parquet file: memory holds one chunk of vectors at any corpus size
+    stats = EmbedStats()
+    path, rows, dim = embed_to_parquet(model, hier, store.layout.embeddings_path(trained_encoder.run_id),
+                                       stats=stats, image_size=size, pixel_store=store.pixels(hier, size))
+    value = Embeddings(str(path), trained_encoder.run_id, rows, dim)
+    return dg.Output(value, metadata={"dagster/row_count": rows, "dim": dim,
+                                      "images_per_s": dg.MetadataValue.float(round(stats.images_per_s, 1)),
                                       "path": dg.MetadataValue.path(str(path)),
                                       "mlflow_run_id": trained_encoder.run_id})
 
@@ -99,10 +100,13 @@ def _query_grids(result, hierarchy: pl.DataFrame, out: Path, n: int = 3, k: int 
     """Query + top-k thumbnails for the first few test queries."""
     from hmpcl_lib.retrieval import plots
 
-    paths = dict(zip(hierarchy["drawing_id"].to_list(), hierarchy["image_path"].to_list()))
-    meta = hierarchy.select("drawing_id", "patent_id", "class_code", "subclass_code")
+    shown = {result.queries["drawing_id"][q] for q in range(min(n, len(result.ranking_ids)))}
+    shown |= {i for q in range(len(shown)) for i in result.ranking_ids[q][:k] if i is not None}
+    rows = hierarchy.filter(pl.col("drawing_id").is_in(list(shown)))  # a handful of rows, whatever the corpus size
+    paths = dict(zip(rows["drawing_id"].to_list(), rows["image_path"].to_list()))
+    meta = rows.select("drawing_id", "patent_id", "class_code", "subclass_code")
     grids = []
-    for q in range(min(n, len(result.queries))):
+    for q in range(min(n, len(result.ranking_ids))):
         qid = result.queries["drawing_id"][q]
         ids = [i for i in result.ranking_ids[q][:k] if i is not None]
         res = pl.DataFrame({"rank": list(range(1, len(ids) + 1)), "drawing_id": ids,
@@ -125,11 +129,14 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
     import mlflow
 
     from hmpcl_lib.retrieval.embedding import read_embeddings
-    from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
+    from hmpcl_lib.retrieval.evaluation import LABEL_COLUMNS, benchmark_embeddings
 
     cfg = mlflow_tracking.config
-    hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
-    embeddings = read_embeddings(corpus_embeddings.path)
+    spl = pl.read_parquet(store.layout.splits_path)
+    test = spl.filter(pl.col("split") == "test")["drawing_id"]
+    hier = pl.read_parquet(store.layout.hierarchy_path, columns=[*LABEL_COLUMNS, "image_path"]).filter(
+        pl.col("drawing_id").is_in(test.implode()))
+    embeddings = read_embeddings(corpus_embeddings.path, ids=test)  # the test split's vectors, not the corpus's
     result = benchmark_embeddings(embeddings, hier, spl)
     overall = log_benchmark(result, trained_encoder.run_id, cfg, "retrieval_benchmark")
     loo = benchmark_embeddings(embeddings, hier, spl, protocol="leave_one_out")
