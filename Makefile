@@ -8,7 +8,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export HMPCL_DATA_ROOT ?= $(CURDIR)/data
 export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 
-.PHONY: setup run test dev mlflow search screenshots bench clean
+.PHONY: setup run test dev mlflow search screenshots bench scale clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ bench: setup
 	$(PY) benchmarks/search_page_bench.py --queries 50
 	$(PY) benchmarks/loss_bench.py --sizes 256 1024 4096
 	$(PY) benchmarks/parse_bench.py --records 200000 --json-load
+
+## The pipeline at growing corpus sizes through the real assets (README "Scale"); SIZES="10000 30000 100000 300000"
+## is the README's run (about an hour), the default shows the trend in a few minutes. SCALE_WORK: a folder on a big disk.
+SIZES ?= 2000 6000
+SCALE_WORK ?= $(CURDIR)/data/scale
+scale: setup
+	$(PY) benchmarks/scale_bench.py --sizes $(SIZES) --work $(SCALE_WORK)
 
 clean:
 	rm -rf data .dagster mlflow.db mlartifacts

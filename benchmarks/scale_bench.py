@@ -17,7 +17,7 @@ not quality). Above `--real-encoder-max` drawings the encoder is a cheap stand-i
 128 px pixel store and 256-d head) so that index and benchmark see N real-sized vectors; the real encoder's cost at
 that N is computed from its measured rate.
 
-    .venv/bin/python benchmarks/scale_bench.py --sizes 10000 30000 100000 300000      # README "Scale"
+    .venv/bin/python benchmarks/scale_bench.py --sizes 10000 30000 100000 300000 --plot docs/img/scale.png
     make scale SIZES="2000 6000"                                                        # the trend in a few minutes
 """
 
@@ -468,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-encoder-max", type=int, default=30_000,
                         help="above this N, embed with --standin (its cost reported; the real one's computed)")
     parser.add_argument("--standin", default="mobilenetv3_small_050", help="timm name of the cheap stand-in encoder")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "scale.png")
+    parser.add_argument("--plot", type=Path, default=None, help="the picture (default: WORK/scale.png; the README's "
+                        "is docs/img/scale.png)")
     parser.add_argument("--keep", action="store_true", help="keep each N's corpus and data (default: delete)")
     args = parser.parse_args(argv)
     print(f"$ python {' '.join(sys.argv)}\n{os.cpu_count()} cores, {datetime_now()}", flush=True)
@@ -484,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         report(results, args.work)
     print(report(results, args.work))
     if len(results) >= 2:
-        plot(results, args.plot)
-        print(f"\nplot: {args.plot}")
+        plot(results, args.plot or args.work / "scale.png")
+        print(f"\nplot: {args.plot or args.work / 'scale.png'}")
     return 0
 
 

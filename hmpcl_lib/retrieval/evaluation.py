@@ -7,11 +7,12 @@ Two protocols on the same test split:
 - "leave_one_out": every test drawing is a query against all other test drawings (about 6x the queries on the
   sample, so a smaller difference between two models is visible above the noise).
 
-Bounded memory at any size: queries are searched and scored `QUERY_CHUNK` at a time, each ranking is cut at
+Bounded memory at any size: queries are searched and scored a chunk at a time (`QUERY_CHUNK_CELLS` ranking cells
+per chunk: ≈ 2000 queries at K = 1000), each ranking is cut at
 `TRUNCATED_K` once the gallery exceeds `FULL_RANKING_MAX_GALLERY`, and only the first `KEEP_RANKINGS` queries'
 rankings are kept (for the query/top-k pictures); the recall curve comes from each query's first same-patent rank.
 At DeepPatent2's full size (≈ 540k test drawings, leave-one-out) the peak is the test vectors, the index and one
-chunk's [QUERY_CHUNK, K] arrays, never [Q, K]. What the truncation does to each metric: R@1/5/10, MRR@10, nDCG@10
+chunk's [chunk, K] arrays, never [Q, K]. What the truncation does to each metric: R@1/5/10, MRR@10, nDCG@10
 and the mAP@100 of subclass and class look at the top 100 at most, so they are exact; patent mAP counts a relevant
 item ranked below K as never retrieved (precision 0 there), so it is a lower bound of the full-ranking mAP, tight
 while a patent's drawings sit in the top 1000 (DeepPatent2 has ≈ 7 per patent).
@@ -31,7 +32,7 @@ from hmpcl_lib.retrieval.metrics import QueryLabels, summarise
 
 FULL_RANKING_MAX_GALLERY = 10_000
 TRUNCATED_K = 1000
-QUERY_CHUNK = 2048  # queries searched and scored at once: [2048, 1001] rankings ≈ 60 MB of working arrays
+QUERY_CHUNK_CELLS = 2_000_000  # [queries, K] ranking cells scored at once: ≈ 150 MB of working arrays
 KEEP_RANKINGS = 1000  # queries whose rankings the result keeps (the pictures use the first few)
 LABEL_COLUMNS = ["drawing_id", "patent_id", "subclass_code", "class_code"]
 PROTOCOLS = ("deeppatent", "leave_one_out")
@@ -91,14 +92,14 @@ def benchmark_embeddings(
     per_class: bool = True,
     index_kind: str = "flat",
     protocol: str = "deeppatent",
-    query_chunk: int = QUERY_CHUNK,
+    query_chunk: int | None = None,
     keep_rankings: int = KEEP_RANKINGS,
 ) -> BenchmarkResult:
     """Rank the test gallery for every test query and score the rankings (see the module doc for `protocol`).
 
     k defaults to the whole gallery when it has at most 10 000 drawings (exact mAP), else 1000. The index is
     exact (`flat`) by default so the numbers describe the embeddings, not the ANN approximation. Queries go
-    `query_chunk` at a time; the rankings of the first `keep_rankings` queries are kept in the result.
+    `query_chunk` at a time (default: QUERY_CHUNK_CELLS // K); the first `keep_rankings` queries' rankings are kept.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -119,8 +120,9 @@ def benchmark_embeddings(
     if k is None:
         k = size if size <= FULL_RANKING_MAX_GALLERY else TRUNCATED_K
     labels = QueryLabels(queries, gallery, queries_in_gallery=leave_one_out)
+    query_chunk = max(1, query_chunk or QUERY_CHUNK_CELLS // (k + 1))
     frames, first_hits, kept, kept_scores = [], [], [], []
-    for start in range(0, max(queries.height, 1), max(1, query_chunk)):
+    for start in range(0, max(queries.height, 1), query_chunk):
         ranking, scores = index.search_positions(query_vectors[start:start + query_chunk], k + leave_one_out)
         if leave_one_out:
             ranking, scores = _without_self(ranking, scores, start)
