@@ -471,15 +471,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="the picture (default: WORK/scale.png; the README's "
                         "is docs/img/scale.png)")
     parser.add_argument("--keep", action="store_true", help="keep each N's corpus and data (default: delete)")
+    parser.add_argument("--merge", action="store_true",
+                        help="add to WORK/scale.json: the sizes run now replace the same sizes there, others stay")
     args = parser.parse_args(argv)
     print(f"$ python {' '.join(sys.argv)}\n{os.cpu_count()} cores, {datetime_now()}", flush=True)
     started = time.perf_counter()
     pool = render_pool(args.pool, args.png_size)
     print(f"pool: {len(pool)} drawings rendered in {time.perf_counter() - started:.0f} s "
           f"({sum(map(len, pool)) / len(pool):,.0f} bytes per PNG)", flush=True)
-    results = []
+    saved = args.work / "scale.json"
+    previous = json.loads(saved.read_text()) if args.merge and saved.exists() else []
+    results = [r for r in previous if r["n"] not in args.sizes]
     for n in sorted(args.sizes):
-        results.append(run_size(n, args.work, pool, args.real_encoder_max, args.standin))
+        results = sorted([*results, run_size(n, args.work, pool, args.real_encoder_max, args.standin)],
+                         key=lambda r: r["n"])
         if not args.keep:
             shutil.rmtree(args.work / f"n{n}", ignore_errors=True)
         report(results, args.work)

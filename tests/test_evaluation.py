@@ -56,7 +56,7 @@ def make_corpus(seed: int = 0, n_patents: int = 40, views: int = 4):
 
 def test_benchmark_matches_brute_force_ranking():
     hierarchy, splits, (ids, vectors) = make_corpus()
-    result = benchmark_embeddings((ids, vectors), hierarchy, splits)
+    result = benchmark_embeddings((ids, vectors), hierarchy, splits, keep_depth=1000)
     assert result.queries.height == 40 and result.gallery.height == 38 * 3
     assert result.ranking.shape == (40, 114)  # whole gallery (<= 10 000)
     # brute force: same ranking from a numpy matmul

@@ -10,7 +10,8 @@ Two protocols on the same test split:
 Bounded memory at any size: queries are searched and scored a chunk at a time (`QUERY_CHUNK_CELLS` ranking cells
 per chunk: ≈ 2000 queries at K = 1000), each ranking is cut at
 `TRUNCATED_K` once the gallery exceeds `FULL_RANKING_MAX_GALLERY`, and only the first `KEEP_RANKINGS` queries'
-rankings are kept (for the query/top-k pictures); the recall curve comes from each query's first same-patent rank.
+rankings are kept, to rank `KEEP_DEPTH` (for the query/top-k pictures); the recall curve comes from each query's
+first same-patent rank.
 At DeepPatent2's full size (≈ 540k test drawings, leave-one-out) the peak is the test vectors, the index and one
 chunk's [chunk, K] arrays, never [Q, K]. What the truncation does to each metric: R@1/5/10, MRR@10, nDCG@10
 and the mAP@100 of subclass and class look at the top 100 at most, so they are exact; patent mAP counts a relevant
@@ -33,7 +34,8 @@ from hmpcl_lib.retrieval.metrics import QueryLabels, summarise
 FULL_RANKING_MAX_GALLERY = 10_000
 TRUNCATED_K = 1000
 QUERY_CHUNK_CELLS = 2_000_000  # [queries, K] ranking cells scored at once: ≈ 150 MB of working arrays
-KEEP_RANKINGS = 1000  # queries whose rankings the result keeps (the pictures use the first few)
+KEEP_RANKINGS = 100  # queries whose rankings the result keeps (the pictures use the first few) ...
+KEEP_DEPTH = 100  # ... down to this rank (their ids become Python strings: keep them few)
 LABEL_COLUMNS = ["drawing_id", "patent_id", "subclass_code", "class_code"]
 PROTOCOLS = ("deeppatent", "leave_one_out")
 
@@ -94,12 +96,14 @@ def benchmark_embeddings(
     protocol: str = "deeppatent",
     query_chunk: int | None = None,
     keep_rankings: int = KEEP_RANKINGS,
+    keep_depth: int = KEEP_DEPTH,
 ) -> BenchmarkResult:
     """Rank the test gallery for every test query and score the rankings (see the module doc for `protocol`).
 
     k defaults to the whole gallery when it has at most 10 000 drawings (exact mAP), else 1000. The index is
     exact (`flat`) by default so the numbers describe the embeddings, not the ANN approximation. Queries go
-    `query_chunk` at a time (default: QUERY_CHUNK_CELLS // K); the first `keep_rankings` queries' rankings are kept.
+    `query_chunk` at a time (default: QUERY_CHUNK_CELLS // K); the first `keep_rankings` queries' rankings are kept,
+    to rank `keep_depth`.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -130,8 +134,8 @@ def benchmark_embeddings(
         frames.append(frame)
         first_hits.append(first_hit)
         if start < keep_rankings:
-            kept.append(ranking[:keep_rankings - start])
-            kept_scores.append(scores[:keep_rankings - start])
+            kept.append(ranking[:keep_rankings - start, :keep_depth])
+            kept_scores.append(scores[:keep_rankings - start, :keep_depth])
     ranking, scores = np.concatenate(kept), np.concatenate(kept_scores)
     ranking_ids = np.full(ranking.shape, None, dtype=object)
     ranking_ids[ranking >= 0] = index.ids[ranking[ranking >= 0]]
