@@ -178,3 +178,37 @@ def test_load_encoder_names_a_missing_or_foreign_file(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="cannot load the model file"):
         load_encoder(tmp_path / "garbage.pt")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="not an hmpcl encoder .safetensors file"):
+        load_encoder(tmp_path / "garbage.safetensors")
+
+
+def test_pickled_modules_are_refused_and_safetensors_round_trip(tmp_path, monkeypatch):
+    """Nothing is unpickled: a torch.save'd module is refused (it would run code to load); the safetensors file and
+    the state-dict .pt load with Python's unpicklers replaced by a tripwire."""
+    import pickle
+
+    from hmpcl_lib.errors import InputError
+    from hmpcl_lib.modeling.models import save_encoder_safetensors
+
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_lite0", embed_dim=8, weights="none", image_size=32).eval()
+    torch.save(encoder, tmp_path / "module.pt")
+    torch.save({"encoder_config": encoder.config, "model": encoder.state_dict()}, tmp_path / "state.pt")
+    save_encoder_safetensors(encoder, tmp_path / "encoder.safetensors")
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(pickle, "load", tripwire)
+    monkeypatch.setattr(pickle, "loads", tripwire)
+    with pytest.raises(InputError, match="only unpickling could load") as refused:
+        load_encoder(tmp_path / "module.pt")
+    assert "module.pt" in str(refused.value)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = encoder(x)
+        for name in ("state.pt", "encoder.safetensors"):
+            again = load_encoder(tmp_path / name)
+            assert again.config == encoder.config
+            torch.testing.assert_close(again(x), expected)

@@ -118,7 +118,9 @@ def test_comparison_table_and_mlflow(env):
                          if e.asset_key.path[-1] == "champion_model")
     assert "mlflow models serve" in champion_meta["serve_it"].value and "make search" in champion_meta["search_it"].value
     assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "hierarchical"
-    champion = mlflow.pytorch.load_model(f"models:/{cfg.registered_model}@champion")
+    from hmpcl_lib import tracking
+
+    champion = tracking.load_model(cfg, f"models:/{cfg.registered_model}@champion")  # safetensors weights only
     import torch
 
     with torch.inference_mode():

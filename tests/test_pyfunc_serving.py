@@ -1,7 +1,9 @@
 """The encoder as an MLflow pyfunc model (hmpcl_lib/tracking/pyfunc.py): logged by `tracking.log_encoder` to a
 temporary sqlite store, registered with the `champion` alias, then called in-process (`mlflow.pyfunc.load_model`)
 and through `mlflow models serve -m models:/hmpcl-encoder@champion` (slow): embeddings equal the library's own,
-bad input is a 400 with a clear message."""
+bad input is a 400 with a clear message. Nothing is unpickled: loading runs with MLflow's pickle switch off and
+Python's unpicklers replaced by a tripwire; a model logged the old (pickled) way is refused and `hmpcl relog`
+re-logs it without retraining."""
 
 from __future__ import annotations
 
@@ -75,9 +77,37 @@ def _images(paths) -> pd.DataFrame:
     return pd.DataFrame({"image": [encode_image(Path(p).read_bytes()) for p in paths]})
 
 
-def test_the_champion_carries_both_flavors_and_predicts_like_the_library(store):
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """MLflow's own switch off, and every unpickler of Python and cloudpickle replaced by a tripwire."""
+    import _pickle
+    import pickle
+
+    import cloudpickle
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    class Tripwire:
+        def __init__(self, *args, **kwargs):
+            tripwire()
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    for module in (pickle, _pickle, cloudpickle):
+        for name in ("load", "loads"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, tripwire)
+        if hasattr(module, "Unpickler"):
+            monkeypatch.setattr(module, "Unpickler", Tripwire)
+
+
+def test_the_champion_is_pickle_free_and_predicts_like_the_library(store, no_unpickling):
     model = mlflow.pyfunc.load_model(CHAMPION_URI)
-    assert set(model.metadata.flavors) == {"python_function", "pytorch"}
+    assert set(model.metadata.flavors) == {"python_function"}  # no pickled `pytorch` flavour
+    pyfunc_conf = model.metadata.flavors["python_function"]
+    assert "model_code_path" in pyfunc_conf and "python_model" not in pyfunc_conf  # models-from-code, no .pkl
+    assert pyfunc_conf["artifacts"]["encoder"]["path"].endswith("encoder.safetensors")
+    assert model.metadata.metadata["hmpcl_model_format"] == "pyfunc-code+safetensors-1"
     assert model.metadata.get_input_schema().input_names() == ["image", "path"]
     out = model.predict(_images(store["paths"]))
     assert list(out.columns) == ["embedding"] and len(out) == 2
@@ -85,9 +115,47 @@ def test_the_champion_carries_both_flavors_and_predicts_like_the_library(store):
     assert vectors.dtype == np.float32 and vectors.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, store["expected"], atol=1e-5)
-    # the pytorch flavor of the same version still loads (what the pipeline and `hmpcl-search` use)
+    # the torch module the pipeline, the search page and notebooks use: read from the safetensors weights only
     encoder = tracking.load_model(store["cfg"], CHAMPION_URI)
     assert encoder.config["image_size"] == IMAGE_SIZE and encoder.output_dim == 16
+    local = Path(mlflow.artifacts.download_artifacts(CHAMPION_URI))
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pth"))
+
+
+def test_a_model_logged_the_old_way_is_refused_and_relogged_without_retraining(store, tmp_path, monkeypatch, capsys):
+    """The old layout: a cloudpickled PythonModel whose `encoder` artifact is a torch.save'd state dict."""
+    from hmpcl_lib.tracking import cli, pyfunc
+
+    cfg = store["cfg"]
+    name = "hmpcl-legacy"
+    torch.manual_seed(1)
+    encoder = build_encoder("resnet10t", embed_dim=16, weights="none", image_size=IMAGE_SIZE).eval()
+    old = tmp_path / "encoder.pt"
+    torch.save({"encoder_config": encoder.config, "model": encoder.state_dict()}, old)
+    with tracking.start_run(cfg, "legacy") as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc.EncoderModel(),
+                                       artifacts={"encoder": str(old)})
+    client = tracking.client(cfg)
+    version = mlflow.register_model(info.model_uri, name, tags={"loss": "hierarchical"})
+    client.set_registered_model_alias(name, "champion", version.version)
+    uri = f"models:/{name}@champion"
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(tracking.LegacyModelError, match=f"hmpcl relog {uri}"):
+        tracking.load_model(cfg, uri)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="pickle"):  # MLflow's own refusal
+        mlflow.pyfunc.load_model(uri)
+
+    assert cli.main(["relog", uri, "--tracking-uri", cfg.tracking_uri, "--registered-model", name]) == 0
+    printed = capsys.readouterr().out
+    assert "registered as hmpcl-legacy version 2; aliases moved: @champion" in printed
+    moved = client.get_model_version_by_alias(name, "champion")
+    assert str(moved.version) == "2" and moved.run_id == run.info.run_id and moved.tags["loss"] == "hierarchical"
+    again = tracking.load_model(cfg, uri)
+    for key, value in encoder.state_dict().items():  # the same weights, not a retrained model
+        torch.testing.assert_close(again.state_dict()[key], value)
+    assert cli.main(["relog", uri, "--tracking-uri", cfg.tracking_uri, "--registered-model", name]) == 0
+    assert "already pickle-free" in capsys.readouterr().out
 
 
 def test_paths_only_under_the_allowed_root(store, monkeypatch, tmp_path):
@@ -147,6 +215,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 def test_mlflow_models_serve_answers_invocations(store, tmp_path):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["cfg"].tracking_uri, "HMPCL_SERVE_MAX_PIXELS": str(SMALL_LIMIT),
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
            "HMPCL_SERVE_ROOT": str(store["paths"][0].parent), "OMP_NUM_THREADS": "1",
            # the server runs `uvicorn` from PATH: the venv's own, as in an activated venv
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

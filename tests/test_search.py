@@ -150,9 +150,10 @@ def test_cli_with_checkpoint(corpus, tmp_path, capsys):
     assert main(["--image", str(tmp_path / "missing.png"), *common]) == 2
     assert "missing.png" in capsys.readouterr().err
     whole = tmp_path / "whole.pt"
-    torch.save(model, whole)  # a pickled Encoder works too
+    torch.save(model, whole)  # a pickled module: refused, never unpickled
     assert main(["--image", query, "-k", "2", "--model-checkpoint", str(whole), "--index", str(index_dir),
-                 "--hierarchy", str(hierarchy_path)]) == 0
+                 "--hierarchy", str(hierarchy_path)]) == 2
+    assert "whole.pt" in (err := capsys.readouterr().err) and "only unpickling could load" in err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")
     assert main(["--image", query, "--model-checkpoint", str(junk), "--index", str(index_dir),

@@ -282,3 +282,39 @@ def test_load_app_from_a_checkpoint_and_index(corpus, tmp_path):
         data = c.get("/api/search", params={"drawing_id": row["drawing_id"], "k": 2}).json()
         assert data["results"][0]["drawing_id"] == row["drawing_id"]
         assert c.post("/api/search", content=b"\0" * 2000).status_code == 413  # 0.001 MB = 1048 bytes
+
+
+def test_a_full_decode_budget_answers_503_with_retry_after_and_frees_up(corpus):
+    """With the decode budget held and no wait queue, an upload (and a corpus query) is refused at once with 503 and
+    Retry-After, the page too; once the budget is back the same request is answered."""
+    layout, searcher, hierarchy = corpus
+    row = hierarchy.row(1, named=True)
+    body = Path(row["image_path"]).read_bytes()
+    app = create_app(searcher, layout, limits=Limits(max_inflight_pixels=searcher.max_pixels, max_queue=0,
+                                                     retry_after_s=3))
+    service = app.state.service
+    with TestClient(app) as c:
+        with service.limit.acquire(service.limit.capacity):
+            busy = c.post("/api/search", content=body, headers={"Content-Type": "image/png"})
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "3"
+            assert "busy" in busy.json()["error"]
+            assert c.get("/api/search", params={"drawing_id": row["drawing_id"]}).status_code == 503
+            page = c.post("/search", content=body, headers={"Content-Type": "image/png"})
+            assert page.status_code == 503 and page.headers["Retry-After"] == "3"
+        ok = c.post("/api/search?k=1", content=body, headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200 and ok.json()["results"][0]["drawing_id"] == row["drawing_id"]
+    assert service.limit.in_flight == 0
+
+
+def test_queries_embed_through_the_batcher_like_the_searcher(corpus):
+    """The page's embedding (decode budget + dynamic batcher) gives the Searcher's own vectors."""
+    import numpy as np
+
+    layout, searcher, hierarchy = corpus
+    paths = hierarchy["image_path"].to_list()[:4]
+    app = create_app(searcher, layout)
+    service = app.state.service
+    batched = np.concatenate([service.embed_upload(Path(p).read_bytes()) for p in paths])
+    direct = np.concatenate([searcher.embed_image(p) for p in paths])
+    np.testing.assert_allclose(batched, direct, atol=1e-5)
+    assert service.batcher.items == 4

@@ -143,23 +143,60 @@ def rebuild_encoder(config: dict[str, Any], state_dict: dict[str, torch.Tensor])
     return encoder
 
 
+SAFETENSORS_CONFIG_KEY = "hmpcl_encoder_config"  # the encoder's config, as JSON, in a .safetensors file's metadata
+
+
+def save_encoder_safetensors(encoder: Encoder, path: str | os.PathLike) -> Path:
+    """The encoder as one `.safetensors` file: the weights, and its config as JSON in the file's metadata. Loading it
+    (`load_encoder`) runs no code and unpickles nothing."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from hmpcl_lib.io import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={SAFETENSORS_CONFIG_KEY: json.dumps(encoder.config)})
+    return Path(path)
+
+
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Encoder:
-    """The one file loader: a training checkpoint (`last.pt`), an exported `encoder.pt` (both `encoder_config` +
-    `model`) or a torch.save'd Encoder module, in eval mode. A missing or foreign file is an InputError naming it.
-    (MLflow model URIs load through `hmpcl_lib.tracking.load_model`.)"""
+    """The one file loader, in eval mode: a `.safetensors` encoder (`save_encoder_safetensors`: what logged models
+    hold), an exported `encoder.pt` or a training checkpoint `last.pt` (both `encoder_config` + `model`, read with
+    `torch.load(weights_only=True)`: tensors and plain values only). Nothing is unpickled: a file that would need it
+    (a whole pickled module, as hmpcl once wrote) is refused, like a missing or foreign file, with an InputError
+    naming it. (MLflow model URIs load through `hmpcl_lib.tracking.load_model`.)"""
+    import json
+    import pickle
+
     from hmpcl_lib.errors import InputError
 
     if not Path(path).is_file():
         raise InputError("model file not found", source=str(path))
+    if str(path).endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                config = json.loads((f.metadata() or {})[SAFETENSORS_CONFIG_KEY])
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, KeyError, OSError, ValueError) as exc:
+            raise InputError(f"not an hmpcl encoder .safetensors file ({type(exc).__name__}: {exc})",
+                             source=str(path)) from exc
+        return rebuild_encoder(config, state).eval()
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a refused class: the bytes are not a torch file at all
+            raise InputError(f"cannot load the model file ({type(exc).__name__}: {exc})", source=str(path)) from exc
+        raise InputError("refused: the file holds Python objects that only unpickling could load (code could run); "
+                         "re-export it as encoder_config + model state dict, or .safetensors", source=str(path)) from exc
     except Exception as exc:  # torch raises many types for a bad file
         raise InputError(f"cannot load the model file ({type(exc).__name__}: {exc})", source=str(path)) from exc
-    if isinstance(obj, torch.nn.Module):
-        return obj.eval()
     if isinstance(obj, dict) and "encoder_config" in obj and "model" in obj:
         return rebuild_encoder(obj["encoder_config"], obj["model"]).eval()
-    raise InputError("not an hmpcl encoder file (needs an nn.Module or 'encoder_config' + 'model')", source=str(path))
+    raise InputError("not an hmpcl encoder file (needs 'encoder_config' + 'model', or .safetensors)", source=str(path))
 
 
 def package_lite0_state_dict() -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 
@@ -299,6 +300,14 @@ def ensure_pixel_store(
     store = PixelStore.open(final)
     store.built = True
     return store
+
+
+def eval_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """A decoded grey drawing → its eval pixels [size, size] uint8: padded to a white square and resized exactly as
+    build_transform does (PIL bilinear, antialiased). The store's rows and every search query go through this."""
+    from torchvision.transforms import functional as TF
+
+    return np.array(TF.resize(PadToSquare(255)(image), [size, size], antialias=True))  # a writable copy
 
 
 def _decode_one(path: str, record: str, eval_size: int, side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,9 +3,12 @@
 Query images come from users, so they are treated as hostile: a path outside `data_root` (when set) is refused,
 the header is read first (PIL opens lazily) and images above `max_pixels` are refused before any pixel is
 decoded, so memory stays bounded; non-images and truncated files raise InputError naming the file.
-Uploaded bytes (the search page, `hmpcl_lib.serve`) go through the same checks in memory (`open_query_bytes`), and
-only the formats in UPLOAD_FORMATS are decoded. `ImageTooLarge` and `UnsupportedImage` are the InputErrors a caller
-may want to tell apart (the web app answers 413/415 for them).
+Every query, a file or uploaded bytes, from the CLI, the search page or the MLflow pyfunc, is decoded by ONE
+function, `query_pixels`: in memory, only the formats in UPLOAD_FORMATS, the pixel count checked from the header,
+then (holding that many pixels of a `WorkLimit`, when the server passes one) decoded straight to one grey channel
+(a JPEG at reduced scale through PIL's draft mode) and padded and resized exactly as the pixel store stores the
+corpus (`pixels.eval_pixels`): the query and the corpus go through the same pixels. `ImageTooLarge` and
+`UnsupportedImage` are the InputErrors a caller may want to tell apart (the web app answers 413/415 for them).
 
 CLI: python -m hmpcl_lib.retrieval.search --image drawing.png -k 10 [--model-uri models:/hmpcl-encoder@champion]
      [--model-checkpoint encoder.pt] [--index data/index] [--hierarchy data/parsed/lic_hierarchy.parquet]
@@ -14,12 +17,13 @@ CLI: python -m hmpcl_lib.retrieval.search --image drawing.png -k 10 [--model-uri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import polars as pl
@@ -31,7 +35,10 @@ from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.layout import DataLayout
 from hmpcl_lib.retrieval.index import VectorIndex
 from hmpcl_lib.tracking.mlflow_store import default_tracking_uri
-from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_encoder
+from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
+
+if TYPE_CHECKING:
+    from hmpcl_lib.retrieval.batching import WorkLimit
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
@@ -93,6 +100,36 @@ def open_query_image(
         return load_drawing(str(resolved), "RGB")
 
 
+def query_pixels(
+    data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, limit: "WorkLimit | None" = None,
+    source: str = "upload", formats: Sequence[str] = UPLOAD_FORMATS,
+) -> np.ndarray:
+    """Image bytes → the eval pixels [image_size, image_size] uint8 the encoder takes (see the module doc). With a
+    `limit`, the decode holds width x height of its units, so concurrent decodes stay under its pixel budget."""
+    from hmpcl_lib.modeling.pixels import eval_pixels
+
+    if not data:
+        raise UnsupportedImage("empty upload: no image bytes", source=source)
+    width, height = _check_header(io.BytesIO(data), source, max_pixels, formats)
+    with limit.acquire(width * height) if limit is not None else contextlib.nullcontext():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=formats) as img:
+                    if img.format == "JPEG":  # decode at 1/2..1/8 scale straight to luma: a fraction of the memory
+                        img.draft("L", (2 * image_size, 2 * image_size))
+                    img.load()
+                    grey = flatten_drawing(img, "L")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", source=source) from exc
+        return eval_pixels(grey, image_size)
+
+
+def read_query_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> bytes:
+    """The bytes of a query image file, after `check_query_path` (inside `data_root`, a regular file)."""
+    return check_query_path(path, data_root).read_bytes()
+
+
 def open_query_bytes(
     data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "upload", formats: Sequence[str] = UPLOAD_FORMATS
 ) -> Image.Image:
@@ -139,23 +176,39 @@ class Searcher:
         self.hierarchy = hierarchy.select(HIERARCHY_COLUMNS).unique("drawing_id", keep="first", maintain_order=True)
         self.data_root = data_root
         self.max_pixels = max_pixels
-        self.transform = build_transform(
-            int(image_size), train=False, mean=config.get("mean", IMAGENET_MEAN), std=config.get("std", IMAGENET_STD)
-        )
+        self.image_size = int(image_size)
+        self.mean, self.std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+
+    def pixels_of_bytes(self, data: bytes, source: str = "upload", limit=None) -> np.ndarray:
+        """Eval pixels [S, S] of an image held in memory (`query_pixels`: checked, decoded to grey, letterboxed)."""
+        return query_pixels(data, self.image_size, self.max_pixels, limit, source)
+
+    def pixels_of_file(self, path: str | os.PathLike, limit=None) -> np.ndarray:
+        """Eval pixels of an image file (inside the data root when one is set), by the same checks and decode."""
+        return self.pixels_of_bytes(read_query_file(path, self.data_root), str(path), limit)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """[B, S, S] uint8 eval pixels → [B, D] float32 unit vectors (one forward pass: the batched step)."""
+        from hmpcl_lib.modeling.pixels import eval_batch
+
+        batch = eval_batch(np.ascontiguousarray(pixels), self.mean, self.std, self.device)
+        with torch.inference_mode():
+            vectors = self.model(batch)
+        return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy()
 
     def embed_image(self, path: str | os.PathLike) -> np.ndarray:
         """[1, D] float32 unit vector of the query image (after the hostile-input checks)."""
-        return self.embed_pil(open_query_image(path, self.data_root, self.max_pixels))
+        return self.embed_pixels(self.pixels_of_file(path)[None])
 
     def embed_bytes(self, data: bytes, source: str = "upload") -> np.ndarray:
         """[1, D] unit vector of an image held in memory (an upload), after the same checks as `embed_image`."""
-        return self.embed_pil(open_query_bytes(data, self.max_pixels, source=source))
+        return self.embed_pixels(self.pixels_of_bytes(data, source)[None])
 
     def embed_pil(self, image: Image.Image) -> np.ndarray:
-        """[1, D] unit vector of an already checked and decoded RGB image."""
-        with torch.inference_mode():
-            vector = self.model(self.transform(image).unsqueeze(0).to(self.device))
-        return torch.nn.functional.normalize(vector.float(), dim=-1).cpu().numpy()
+        """[1, D] unit vector of an already checked and decoded image (taken as its grey luma, like the corpus)."""
+        from hmpcl_lib.modeling.pixels import eval_pixels
+
+        return self.embed_pixels(eval_pixels(flatten_drawing(image, "L"), self.image_size)[None])
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> pl.DataFrame:
         ids, scores = self.index.search(vector, k)

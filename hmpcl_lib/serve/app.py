@@ -13,8 +13,11 @@ Routes (one code path, `SearchService.run`, behind the page and the API):
 
 Uploads are read in memory up to `Limits.max_upload_bytes` (413 beyond, from Content-Length or while reading),
 decoded only when their header is one of `UPLOAD_FORMATS` (415 otherwise) and at most `max_pixels` (413); nothing
-is written to disk. k is bounded to 1..`Limits.max_k`; a class filter searches `Limits.filter_factor` x k
-candidates, widening up to `Limits.max_candidates`, and says when fewer than k drawings of that class turned up.
+is written to disk. Under load: decodes share a budget of `Limits.max_inflight_pixels` (a request holds its image's
+pixel count while it decodes; `Limits.max_queue` may wait, more are answered 503 with Retry-After), and decoded
+queries are embedded together by a dynamic batcher (`retrieval.batching`: up to `batch_size` per forward pass).
+k is bounded to 1..`Limits.max_k`; a class filter searches `Limits.filter_factor` x k candidates, widening up to
+`Limits.max_candidates`, and says when fewer than k drawings of that class turned up.
 Errors are JSON `{"error": message}` on /api, and the page shows the message.
 """
 
@@ -36,20 +39,13 @@ from starlette.concurrency import run_in_threadpool
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
+from hmpcl_lib.retrieval.batching import DynamicBatcher, Overloaded, WorkLimit
 from hmpcl_lib.retrieval.search import UPLOAD_FORMATS, ImageTooLarge, Searcher, UnsupportedImage
 from hmpcl_lib.serve.catalog import Catalog
+from hmpcl_lib.serve.limits import Limits
 
 HERE = Path(__file__).parent
 CLASS_CODE = re.compile(r"^\d{1,2}$", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_k: int = 100
-    default_k: int = 12
-    filter_factor: int = 10  # candidates searched per wanted result when a class filter is set
-    max_candidates: int = 10_000
 
 
 class SearchError(Exception):
@@ -93,6 +89,15 @@ class SearchService:
     def __init__(self, searcher: Searcher, catalog: Catalog, limits: Limits):
         self.searcher, self.catalog, self.limits = searcher, catalog, limits
         self.details = catalog.table.select("drawing_id", "grant_date", "class_title", "subclass_title")
+        self.limit = WorkLimit(max(limits.max_inflight_pixels, searcher.max_pixels), limits.max_queue)
+        self.batcher = DynamicBatcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))),
+                                      max_batch=limits.batch_size, window_s=limits.batch_window_ms / 1000)
+
+    def embed_file(self, path) -> np.ndarray:
+        return self.batcher(self.searcher.pixels_of_file(path, self.limit))[None]
+
+    def embed_upload(self, data: bytes) -> np.ndarray:
+        return self.batcher(self.searcher.pixels_of_bytes(data, limit=self.limit))[None]
 
     def parse_k(self, raw: str | None) -> int:
         if raw in (None, ""):
@@ -123,7 +128,7 @@ class SearchService:
             raise SearchError(404, f"the image of drawing {drawing_id!r} is not available ({exc.reason})") from exc
         query = {"kind": "drawing", "drawing_id": drawing_id, "patent_id": row["patent_id"],
                  "class_code": row["class_code"], "thumbnail": f"/thumb/{drawing_id}"}
-        return query, lambda: self.searcher.embed_image(path)
+        return query, lambda: self.embed_file(path)
 
     def run(self, query: dict, embed, k: int, class_code: str | None) -> Outcome:
         started = time.perf_counter()
@@ -136,6 +141,8 @@ class SearchService:
                                    f"({exc.reason})") from exc
         except InputError as exc:
             raise SearchError(400, f"the image cannot be read: {exc.reason}") from exc
+        except Overloaded as exc:
+            raise SearchError(503, f"the server is busy, retry in a moment ({exc})") from exc
         embedded = time.perf_counter()
         hits, candidates, note = self._search(vector, k, class_code)
         rows = (hits.join(self.details, on="drawing_id", how="left", maintain_order="left")
@@ -210,6 +217,9 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
                                     "base-uri 'none'; frame-ancestors 'none'")
         return response
 
+    def retry_after(err: SearchError) -> dict[str, str] | None:
+        return {"Retry-After": str(limits.retry_after_s)} if err.status == 503 else None
+
     def page_context(request: Request, **extra) -> dict[str, Any]:
         params = request.query_params
         return {"title": title, "classes": catalog.classes(), "examples": catalog.examples(),
@@ -233,7 +243,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             outcome = await run_in_threadpool(service.run, query, embed, k, class_code)
         except SearchError as err:
             return templates.TemplateResponse(request, "index.html", page_context(request, error=err.message),
-                                              status_code=err.status)
+                                              status_code=err.status, headers=retry_after(err))
         return templates.TemplateResponse(request, "index.html", page_context(request, outcome=outcome))
 
     @app.post("/search", response_class=HTMLResponse)
@@ -242,7 +252,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             outcome = await _upload(request)
         except SearchError as err:
             return templates.TemplateResponse(request, "_results.html", {"outcome": None, "error": err.message},
-                                              status_code=err.status)
+                                              status_code=err.status, headers=retry_after(err))
         return templates.TemplateResponse(request, "_results.html", {"outcome": outcome, "error": None})
 
     @app.get("/api/search")
@@ -256,7 +266,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             query, embed = service.corpus_query(drawing_id)
             outcome = await run_in_threadpool(service.run, query, embed, k, class_code)
         except SearchError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status)
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
         return outcome.as_json()
 
     @app.post("/api/search")
@@ -264,7 +274,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
         try:
             outcome = await _upload(request)
         except SearchError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status)
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
         return outcome.as_json()
 
     async def _upload(request: Request) -> Outcome:
@@ -272,7 +282,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
         k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
         data = await read_upload(request, limits.max_upload_bytes)
         query = {"kind": "upload", "bytes": len(data)}
-        return await run_in_threadpool(service.run, query, lambda: searcher.embed_bytes(data), k, class_code)
+        return await run_in_threadpool(service.run, query, lambda: service.embed_upload(data), k, class_code)
 
     @app.get("/thumb/{drawing_id}")
     async def thumbnail(drawing_id: str):

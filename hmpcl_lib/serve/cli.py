@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.layout import DataLayout, default_data_root
+from hmpcl_lib.serve.limits import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -37,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="index directory (default: the index of the model's MLflow run)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default 10 MB)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image accepted (pixels)")
+    p.add_argument("--max-inflight-mp", type=float, default=Limits.max_inflight_pixels / 1e6,
+                   help="megapixels of queries decoded at once, over all requests (default %(default)g: two images at "
+                        "the pixel limit; memory ≈ 5 bytes per pixel)")
+    p.add_argument("--max-queue", type=int, default=Limits.max_queue,
+                   help="requests waiting for decode room before new ones get 503 + Retry-After (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=Limits.batch_size,
+                   help="queries embedded together at most (dynamic batching; default %(default)s)")
+    p.add_argument("--batch-window-ms", type=float, default=Limits.batch_window_ms,
+                   help="how long a query waits for others to share its forward pass (default %(default)g ms)")
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -60,7 +70,7 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
 
     from hmpcl_lib.retrieval.index import VectorIndex
     from hmpcl_lib.retrieval.search import Searcher, _load_model, default_index_dir
-    from hmpcl_lib.serve.app import Limits, create_app
+    from hmpcl_lib.serve.app import create_app
 
     layout = DataLayout(Path(args.data_root))
     if not layout.hierarchy_path.is_file():
@@ -83,7 +93,9 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
         raise HmpclError(f"cannot load the model ({exc}): {RUN_FIRST}") from exc
     searcher = Searcher(model, VectorIndex.load(index_dir, use_gpu=False), pl.read_parquet(layout.hierarchy_path),
                         data_root=layout.root, max_pixels=args.max_pixels)
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                    max_inflight_pixels=int(args.max_inflight_mp * 1e6), max_queue=args.max_queue,
+                    batch_size=args.batch_size, batch_window_ms=args.batch_window_ms)
     return create_app(searcher, layout, limits=limits), model_uri if not args.model_checkpoint else args.model_checkpoint, index_dir
 
 

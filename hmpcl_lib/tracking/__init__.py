@@ -5,13 +5,13 @@
 `experiment` trains and evaluates tracked models, `sweep` runs variants x seeds, `cli` is the `hmpcl` command.
 """
 
-from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, PromotionDecision, TrackingConfig, activate, client,
+from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, LegacyModelError, PromotionDecision, TrackingConfig, activate, client,
                                              default_tracking_uri, DEFAULT_TRACKING_URI,
                                              current_champion, decide_promotion, experiment_id, find_run, fingerprint, load_model,
-                                             log_dataset, log_encoder, log_metrics_safe, promote_if_better, recent_runs, register,
+                                             log_dataset, log_encoder, log_metrics_safe, promote_if_better, recent_runs, register, relog,
                                              registered_version_for_run, run_url, start_run)
 
-__all__ = ["CHAMPION", "FINGERPRINT_TAG", "PromotionDecision", "TrackingConfig", "client", "current_champion",
+__all__ = ["CHAMPION", "FINGERPRINT_TAG", "LegacyModelError", "PromotionDecision", "TrackingConfig", "client", "current_champion",
            "decide_promotion", "experiment_id", "find_run", "fingerprint", "load_model", "log_dataset", "log_encoder", "log_metrics_safe",
-           "promote_if_better", "recent_runs", "register", "registered_version_for_run", "run_url", "start_run",
+           "promote_if_better", "recent_runs", "register", "relog", "registered_version_for_run", "run_url", "start_run",
            "default_tracking_uri", "DEFAULT_TRACKING_URI", "activate"]

@@ -212,7 +212,8 @@ def champion_command(cfg: tracking.TrackingConfig) -> str:
              f"version:  {version.version} (alias {tracking.CHAMPION})",
              f"run_id:   {version.run_id}",
              f"created:  {format_time(version.creation_timestamp)}",
-             f"load:     mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@{tracking.CHAMPION}\")",
+             f"load:     hmpcl_lib.tracking.load_model(cfg, \"models:/{cfg.registered_model}@{tracking.CHAMPION}\") "
+             "(torch module, weights only) or mlflow.pyfunc.load_model(...) (images -> embeddings)",
              f"serve:    mlflow models serve -m models:/{cfg.registered_model}@{tracking.CHAMPION} --env-manager local "
              "(POST {\"dataframe_records\": [{\"image\": <base64 PNG/JPEG>}]} to /invocations)"]
     tags = sorted(version.tags.items())
@@ -222,6 +223,20 @@ def champion_command(cfg: tracking.TrackingConfig) -> str:
         rows = [[m, format_value(run_metrics.get(m))] for m in KEY_METRICS if m in run_metrics]
         if rows:
             lines += ["", "Run metrics:", render_table(["metric", "value"], rows)]
+    return "\n".join(lines)
+
+
+def relog_command(cfg: tracking.TrackingConfig, model_uri: str) -> str:
+    """Re-log a model logged the old (pickled) way, without retraining (see `tracking.relog`)."""
+    open_store(cfg)
+    new_uri, version = tracking.relog(cfg, model_uri)
+    if new_uri == model_uri:
+        return f"{model_uri} is already pickle-free: nothing to do"
+    lines = [f"re-logged {model_uri} as {new_uri} (safetensors weights, models-from-code pyfunc)"]
+    if version is not None:
+        aliases = ", ".join(f"@{a}" for a in tracking.client(cfg).get_model_version(version.name, version.version).aliases)
+        lines.append(f"registered as {version.name} version {version.version}" + (f"; aliases moved: {aliases}"
+                                                                                  if aliases else ""))
     return "\n".join(lines)
 
 
@@ -246,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", action="append", dest="metrics", metavar="NAME", help="only these metrics")
     c.add_argument("--per-class", action="store_true", help="include per-main-class metrics (class_XX.*)")
     sub.add_parser("champion", parents=[common], help="the registered model's champion version and its tags")
+    r = sub.add_parser("relog", parents=[common],
+                       help="re-log a model logged the old (pickled) way, without retraining; moves its aliases")
+    r.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/hmpcl-encoder/3 or models:/hmpcl-encoder@champion")
     w = sub.add_parser("sweep", parents=[common], help="train variants over seeds; summary with paired intervals")
     w.add_argument("--data-root", default=default_data_root())
     w.add_argument("--variant", action="append", dest="variants", metavar="NAME",
@@ -282,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = sweep_command(args.data_root, args.variants or list(sweep.VARIANTS), args.seeds, args.overrides,
                                 args.out, args.name, None if args.no_mlflow else cfg, args.protocol)
+        elif args.command == "relog":
+            out = relog_command(cfg, args.model_uri)
         elif args.command == "serve":
             from hmpcl_lib.serve.cli import serve
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from hmpcl_lib.errors import InputError
+
 CHAMPION = "champion"
 FINGERPRINT_TAG = "hmpcl.fingerprint"
 
@@ -60,19 +62,96 @@ def activate(cfg: TrackingConfig) -> None:
     mlflow.set_tracking_uri(cfg.tracking_uri)
 
 
-def load_model(cfg: TrackingConfig, model_uri: str):
-    """The encoder logged at `model_uri` (`runs:/…`, `models:/name@alias`, `models:/name/3`) in eval mode on the CPU;
-    an unknown URI is an InputError naming it. (Files load through `hmpcl_lib.modeling.models.load_encoder`.)"""
-    import mlflow
-    import mlflow.pytorch
+class LegacyModelError(InputError):
+    """A model logged by an older hmpcl as pickled Python objects: refused (see `load_model`)."""
 
-    from hmpcl_lib.errors import InputError
+
+def _model_files(local: Path, model_uri: str) -> Path:
+    """The encoder weights of a downloaded model folder; a model logged the old (pickled) way is refused with the
+    command that re-logs it."""
+    from mlflow.models import Model
+
+    from hmpcl_lib.tracking import pyfunc
+
+    try:
+        model = Model.load(str(local))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder without MLmodel
+        raise InputError(f"not an MLflow model ({exc})", source=model_uri) from exc
+    if (model.metadata or {}).get(pyfunc.FORMAT_KEY) != pyfunc.FORMAT:
+        raise LegacyModelError(
+            source=model_uri,
+            reason=f"{model_uri} was logged by an older hmpcl as pickled Python objects (a cloudpickled pyfunc and a "
+            "pickled pytorch flavour), which hmpcl no longer loads: loading them can run any code. Re-log it without "
+            f"retraining: `hmpcl relog {model_uri}` (reads only its weights, logs a pickle-free model, registers it "
+            "and moves its aliases).")
+    return local / model.flavors["python_function"]["artifacts"][pyfunc.ENCODER_ARTIFACT]["path"]
+
+
+def load_model(cfg: TrackingConfig, model_uri: str):
+    """The encoder logged at `model_uri` (`runs:/…`, `models:/name@alias`, `models:/name/3`, `models:/m-…`) in eval
+    mode on the CPU, read from its safetensors weights only: none of the model's code runs and nothing is
+    unpickled. An unknown URI is an InputError naming it; a model logged the old way is a LegacyModelError that
+    says how to re-log it. (Files load through `hmpcl_lib.modeling.models.load_encoder`.)"""
+    import tempfile
+
+    import mlflow
+
+    from hmpcl_lib.modeling.models import load_encoder
 
     activate(cfg)
-    try:
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
-    except mlflow.exceptions.MlflowException as exc:
-        raise InputError(f"cannot load the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
+    with tempfile.TemporaryDirectory(prefix="hmpcl-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        except mlflow.exceptions.MlflowException as exc:
+            raise InputError(f"cannot load the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
+        return load_encoder(_model_files(local, model_uri)).eval()
+
+
+def relog(cfg: TrackingConfig, model_uri: str) -> tuple[str, Any]:
+    """Re-log a model logged the old (pickled) way without retraining: read only its encoder weights (a plain state
+    dict, loaded with `weights_only=True`), log them pickle-free to the same run, and when `model_uri` names a
+    registered version, register the new model as a new version with the same tags and move the old version's
+    aliases to it. Returns (new model URI, new version or None)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.models import Model
+
+    from hmpcl_lib.modeling.models import load_encoder
+    from hmpcl_lib.tracking import pyfunc
+
+    activate(cfg)
+    c = client(cfg)
+    version = None
+    if model_uri.startswith("models:/"):
+        name, _, ref = model_uri[len("models:/"):].partition("@")
+        if ref:
+            version = c.get_model_version_by_alias(name, ref)
+        elif "/" in name:
+            name, _, number = name.partition("/")
+            version = c.get_model_version(name, number)
+    with tempfile.TemporaryDirectory(prefix="hmpcl-relog-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            model = Model.load(str(local))
+        except mlflow.exceptions.MlflowException as exc:
+            raise InputError(f"cannot read the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
+        if (model.metadata or {}).get(pyfunc.FORMAT_KEY) == pyfunc.FORMAT:
+            return model_uri, version
+        artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
+        if pyfunc.ENCODER_ARTIFACT not in artifacts:
+            raise InputError("no encoder weights artifact to re-log from (not an hmpcl model?)", source=model_uri)
+        encoder = load_encoder(local / artifacts[pyfunc.ENCODER_ARTIFACT]["path"])  # weights_only: no unpickling
+        run_id = model.run_id or (version.run_id if version else None)
+    with mlflow.start_run(run_id=run_id):
+        new_uri = log_encoder(encoder)
+    new_version = None
+    if version is not None:
+        new_version = c.create_model_version(version.name, new_uri, run_id=run_id,
+                                             tags={**version.tags, "relogged_from_version": str(version.version)})
+        for alias in version.aliases:
+            c.set_registered_model_alias(version.name, alias, new_version.version)
+    return new_uri, new_version
 
 
 def experiment_id(cfg: TrackingConfig) -> str:
@@ -153,19 +232,25 @@ def log_metrics_safe(metrics: dict[str, float], step: int | None = None) -> None
 
 
 def log_encoder(model, name: str = "model") -> str:
-    """Log a torch encoder to the active run as one model with two flavors (`hmpcl_lib.tracking.pyfunc`):
-    `pytorch` (`mlflow.pytorch.load_model`, `load_model` here) and `python_function` (images in, embeddings out:
-    `mlflow models serve`, `mlflow.pyfunc.load_model`). Returns the model's URI."""
-    from mlflow.models import Model
+    """Log a torch encoder to the active run as one pickle-free `python_function` model (`hmpcl_lib.tracking.pyfunc`:
+    models-from-code + safetensors weights; images in, embeddings out: `mlflow models serve`,
+    `mlflow.pyfunc.load_model`; `load_model` here gives the torch module). Returns the model's URI."""
+    import tempfile
 
+    import mlflow.pyfunc
+
+    from hmpcl_lib.modeling.models import save_encoder_safetensors
     from hmpcl_lib.tracking import pyfunc
 
-    # ship the whole hmpcl_lib package (this file is hmpcl_lib/tracking/mlflow_store.py) so the pickled Encoder
-    # class and the pyfunc model load anywhere
+    # ship the whole hmpcl_lib package (this file is hmpcl_lib/tracking/mlflow_store.py): the entry point imports it
     code = str(Path(__file__).resolve().parents[1])
-    info = Model.log(artifact_path=None, name=name, flavor=pyfunc, encoder=model.cpu().eval(), code_paths=[code],
-                     signature=pyfunc.signature(), input_example=pyfunc.input_example(),
-                     pip_requirements=pyfunc.requirements())
+    with tempfile.TemporaryDirectory(prefix="hmpcl-encoder-") as tmp:
+        weights = save_encoder_safetensors(model.cpu().eval(), Path(tmp) / pyfunc.WEIGHTS_FILE)
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=pyfunc.ENTRY_POINT, artifacts={pyfunc.ENCODER_ARTIFACT: str(weights)},
+            code_paths=[code], signature=pyfunc.signature(), input_example=pyfunc.input_example(),
+            pip_requirements=pyfunc.requirements(), model_config=dict(pyfunc.MODEL_CONFIG),
+            metadata={pyfunc.FORMAT_KEY: pyfunc.FORMAT})
     return info.model_uri
 
 

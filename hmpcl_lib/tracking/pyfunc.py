@@ -1,23 +1,27 @@
-"""MLflow-native serving: the encoder as an `mlflow.pyfunc` model that takes drawings in and gives embeddings out.
+"""MLflow-native serving: the encoder as an `mlflow.pyfunc` model that takes drawings in and gives embeddings out,
+logged without a single pickled object.
 
-`tracking.log_encoder` logs ONE model with two flavors, through `save_model` below (an MLflow "custom flavor"
-module, called by `mlflow.models.Model.log`):
+`tracking.log_encoder` logs ONE `python_function` model as MLflow *models-from-code*: the model's code is
+`pyfunc_entry.py` (shipped in the model with the `hmpcl_lib` package, it calls `mlflow.models.set_model(
+EncoderModel())`), its weights the artifact `encoder` = `encoder.safetensors` (tensors + the encoder's config as JSON
+in the file's metadata: `models.save_encoder_safetensors`), and the MLmodel's metadata says `hmpcl_model_format`.
+So nothing is cloudpickled (no `python_model.pkl`) and no `pytorch` flavour pickles the module: the champion loads
+with `MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`. Internal loads (`tracking.load_model`: the search page,
+`champion_model`, the comparison, notebooks) read only the safetensors file and run none of the model's code; a
+version logged the old way is refused with the command that re-logs it (`hmpcl relog`).
 
-- `python_function`: `EncoderModel`, a PythonModel whose `load_context` rebuilds the encoder from the artifact
-  `encoder` (`{"encoder_config", "model"}` saved with torch.save, read by `models.load_encoder`: no pickled class)
-  and whose `predict` does the library's own preprocessing (`models.transform_for`: the encoder's image size,
-  mean and std) and the query path's hostile-input rules (`search.open_query_image`: the pixel limit is checked
-  from the header before decoding, non-images are refused);
-- `pytorch`: the same encoder as `mlflow.pytorch.log_model` stores it (`data/model.pth`), so
-  `mlflow.pytorch.load_model` and `tracking.load_model` keep working on the same URI.
-
-So `models:/hmpcl-encoder@champion` serves as is: `mlflow models serve -m models:/hmpcl-encoder@champion
+`models:/hmpcl-encoder@champion` serves as is: `mlflow models serve -m models:/hmpcl-encoder@champion
 --env-manager local` answers `/invocations`, and `mlflow.pyfunc.load_model(uri).predict(df)` works in a notebook.
 
-Input: a DataFrame with a column `image` (base64-encoded PNG/JPEG bytes) or a column `path` (an image file under
-the allowed root: `model_config={"serve_root": ...}` at load time, else $HMPCL_SERVE_ROOT; without one, paths are
-refused; relative paths are taken from the root). One of the two per row. The pixel limit is
-`model_config["max_pixels"]`, else $HMPCL_SERVE_MAX_PIXELS, else search's DEFAULT_MAX_PIXELS.
+Input: a DataFrame with a column `image` (base64-encoded PNG/JPEG/GIF/BMP/TIFF/WEBP bytes) or a column `path` (an
+image file under the allowed root: `model_config={"serve_root": ...}` at load time, else $HMPCL_SERVE_ROOT; without
+one, paths are refused; relative paths are taken from the root). One of the two per row. Bytes are decoded in
+memory by the search page's own function (`search.open_query_bytes`: format allow-list, pixel limit read from the
+header before any pixel is decoded, then straight to grey). The pixel limit is `model_config["max_pixels"]`, else
+$HMPCL_SERVE_MAX_PIXELS, else search's DEFAULT_MAX_PIXELS. Concurrent requests share a decode budget of
+`max_inflight_pixels` (model_config / $HMPCL_SERVE_MAX_INFLIGHT_PIXELS, default twice the pixel limit) and a wait
+queue of `max_queue` requests (default 64): beyond it a request is answered 503 at once. Decoded queries are
+embedded together by a dynamic batcher (`retrieval.batching`), so concurrent requests share forward passes.
 Output: a DataFrame with one row per input row and a column `embedding` (float32 unit vector).
 Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with a 400 and the
 message (an unexpected exception would be a 400 with a generic message and a stack trace).
@@ -28,8 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,17 +42,24 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 ENCODER_ARTIFACT = "encoder"
+WEIGHTS_FILE = "encoder.safetensors"
+ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))  # the models-from-code file MLflow runs at load
+FORMAT_KEY, FORMAT = "hmpcl_model_format", "pyfunc-code+safetensors-1"  # in the MLmodel's metadata
+MAX_INFLIGHT_ENV = "HMPCL_SERVE_MAX_INFLIGHT_PIXELS"
+MAX_QUEUE_ENV = "HMPCL_SERVE_MAX_QUEUE"
+DEFAULT_MAX_QUEUE = 64
+BATCH_WINDOW_S = 0.005
 SERVE_ROOT_ENV = "HMPCL_SERVE_ROOT"
 MAX_PIXELS_ENV = "HMPCL_SERVE_MAX_PIXELS"
 INPUT_COLUMNS = ("image", "path")
 BATCH_SIZE = 32  # rows decoded and embedded at a time: memory stays bounded by batch x pixel limit
 # logged with the model so that `load_model(..., model_config={...})` may set them (MLflow ignores unknown keys);
 # None: $HMPCL_SERVE_ROOT / $HMPCL_SERVE_MAX_PIXELS, else no paths / search's limit
-MODEL_CONFIG = {"serve_root": None, "max_pixels": None}
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "pillow", "numpy", "pandas", "polars")
+MODEL_CONFIG = {"serve_root": None, "max_pixels": None, "max_inflight_pixels": None, "max_queue": None}
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "safetensors", "pillow", "numpy", "pandas", "polars")
 
 
 def bad_input(message: str) -> MlflowException:
@@ -97,17 +106,35 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     """Drawings (base64 `image` or `path` column) → L2-normalised embeddings (`embedding` column, float32)."""
 
     def load_context(self, context) -> None:
-        from hmpcl_lib.modeling.models import load_encoder, transform_for
+        from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
+        from hmpcl_lib.retrieval.batching import DynamicBatcher, WorkLimit
         from hmpcl_lib.retrieval.search import DEFAULT_MAX_PIXELS
 
         config = dict(context.model_config or {})
-        self.encoder = load_encoder(context.artifacts[ENCODER_ARTIFACT]).eval()
-        self.transform = transform_for(self.encoder.config)
+        self.encoder = load_encoder(context.artifacts[ENCODER_ARTIFACT]).eval()  # safetensors: no code runs
+        self.image_size = int(self.encoder.config["image_size"])
+        self.mean = self.encoder.config.get("mean", IMAGENET_MEAN)
+        self.std = self.encoder.config.get("std", IMAGENET_STD)
         root = config.get("serve_root") or os.environ.get(SERVE_ROOT_ENV) or None
         self.serve_root = None if root is None else Path(root).expanduser().resolve()
         self.max_pixels = int(config.get("max_pixels") or os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
+        budget = int(config.get("max_inflight_pixels") or os.environ.get(MAX_INFLIGHT_ENV) or 2 * self.max_pixels)
+        waiting = int(config.get("max_queue") or os.environ.get(MAX_QUEUE_ENV) or DEFAULT_MAX_QUEUE)
+        self.limit = WorkLimit(max(budget, self.max_pixels), queue=waiting)
+        self.batcher = DynamicBatcher(self._embed, max_batch=BATCH_SIZE, window_s=BATCH_WINDOW_S,
+                                      name="hmpcl-pyfunc-batcher")
+
+    def _embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over the queries of concurrent requests (the batcher's function)."""
+        from hmpcl_lib.modeling.pixels import eval_batch
+
+        with torch.inference_mode():
+            z = self.encoder(eval_batch(np.stack(pixels), self.mean, self.std))
+        return list(F.normalize(z.float(), dim=-1).numpy().astype(np.float32))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from hmpcl_lib.retrieval.batching import Overloaded
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         columns = [c for c in INPUT_COLUMNS if c in frame.columns]
         if frame.empty or not columns:
@@ -115,13 +142,12 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
                             f"or 'path' (an image under the allowed root); got columns {list(frame.columns)} "
                             f"and {len(frame)} rows")
         rows = frame[columns].to_dict("records")
-        vectors = []
-        for start in range(0, len(rows), BATCH_SIZE):
-            batch = [self._open(start + i, row) for i, row in enumerate(rows[start:start + BATCH_SIZE])]
-            with torch.inference_mode():
-                z = self.encoder(torch.stack([self.transform(image) for image in batch]))
-            vectors.extend(F.normalize(z.float(), dim=-1).numpy())
-        return pd.DataFrame({"embedding": [v.astype(np.float32) for v in vectors]})
+        try:  # each decode holds its pixel count of the shared budget; the decoded pixels are small (S x S)
+            pixels = [self._open(i, row) for i, row in enumerate(rows)]
+        except Overloaded as exc:
+            raise MlflowException(f"server busy, retry later: {exc}", error_code=TEMPORARILY_UNAVAILABLE) from None
+        futures = [self.batcher.submit(p) for p in pixels]
+        return pd.DataFrame({"embedding": [f.result() for f in futures]})
 
     def _open(self, i: int, row: dict):
         from hmpcl_lib.errors import InputError
@@ -137,9 +163,9 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         except InputError as exc:
             raise bad_input(f"row {i} ({column}): {exc.reason}") from None
 
-    def _open_path(self, value: str):
+    def _open_path(self, value: str) -> np.ndarray:
         from hmpcl_lib.errors import InputError
-        from hmpcl_lib.retrieval.search import open_query_image
+        from hmpcl_lib.retrieval.search import query_pixels, read_query_file
 
         if self.serve_root is None:
             raise InputError(f"image paths are refused: this server has no allowed root (set ${SERVE_ROOT_ENV} or "
@@ -147,13 +173,14 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         path = (self.serve_root / value).resolve()  # an absolute `value` replaces the root
         if not path.is_relative_to(self.serve_root):
             raise InputError(f"{value} is outside the allowed root")
-        return open_query_image(path, self.serve_root, self.max_pixels)
+        return query_pixels(read_query_file(path, self.serve_root), self.image_size, self.max_pixels, self.limit,
+                            source=value)
 
-    def _open_bytes(self, value: Any):
-        """Base64 text → the bytes, written to a private temp file and opened by search's own checked opener (the
-        header's pixel count is checked before any pixel is decoded; non-images are refused)."""
+    def _open_bytes(self, value: Any) -> np.ndarray:
+        """Base64 text → the bytes → eval pixels, decoded in memory by the search page's own function
+        (`search.query_pixels`: allow-listed formats, pixel limit from the header, straight to grey)."""
         from hmpcl_lib.errors import InputError
-        from hmpcl_lib.retrieval.search import open_query_image
+        from hmpcl_lib.retrieval.search import query_pixels
 
         if not isinstance(value, str):
             raise InputError(f"expected base64 text, got {type(value).__name__}")
@@ -161,34 +188,4 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
             data = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InputError(f"not valid base64 ({exc})") from None
-        with tempfile.TemporaryDirectory(prefix="hmpcl-serve-") as tmp:
-            path = Path(tmp) / "image"
-            path.write_bytes(data)
-            try:
-                return open_query_image(path, tmp, self.max_pixels)
-            except InputError as exc:  # the temp file's name means nothing to the caller
-                raise InputError(exc.reason.replace(f"'{path}'", "").replace(str(path), "")) from None
-
-
-def save_model(path: str, mlflow_model, encoder: torch.nn.Module, code_paths: list[str], signature=None,
-               input_example=None, pip_requirements=None, **kwargs) -> None:
-    """MLflow's custom-flavor hook (`Model.log(flavor=this module, encoder=...)`): the pyfunc model (EncoderModel
-    + the encoder artifact) and, in the same folder, the `pytorch` flavor's `data/` (the pickled module, whose
-    class loads from the shipped `code/`)."""
-    import mlflow.pytorch
-
-    path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="hmpcl-encoder-") as tmp:
-        encoder_file = Path(tmp) / "encoder.pt"
-        torch.save({"encoder_config": encoder.config, "model": encoder.state_dict()}, encoder_file)
-        mlflow.pyfunc.save_model(str(path), python_model=EncoderModel(), artifacts={ENCODER_ARTIFACT: str(encoder_file)},
-                                 code_paths=code_paths, mlflow_model=mlflow_model, signature=signature,
-                                 input_example=input_example, pip_requirements=pip_requirements,
-                                 model_config=dict(MODEL_CONFIG))
-        torch_dir = Path(tmp) / "torch"
-        mlflow.pytorch.save_model(encoder, str(torch_dir), serialization_format="pickle",
-                                  pip_requirements=pip_requirements)
-        shutil.move(torch_dir / "data", path / "data")
-    code = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME].get("code")
-    mlflow_model.add_flavor("pytorch", model_data="data", pytorch_version=str(torch.__version__), code=code)
-    mlflow_model.save(str(path / "MLmodel"))
+        return query_pixels(data, self.image_size, self.max_pixels, self.limit, source="image")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,11 @@ def _resume_key(name: str, value: Any) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values, so a checkpoint loads with `weights_only=True`."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -43,7 +46,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -106,7 +110,11 @@ def _save_everywhere(save: _Checkpointer | None, state: TrainState, epoch: int, 
 
 def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criterion, optimizer, scheduler,
              rank: int) -> TrainState:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: nothing the project writes is unpickled
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HmpclError(f"{path} cannot be loaded without unpickling Python objects (a checkpoint of an older hmpcl, "
+                         f"or not a checkpoint: {str(exc).splitlines()[0]}); move it away or pass resume=False") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
     saved, wanted = ckpt["config"], config.to_dict()

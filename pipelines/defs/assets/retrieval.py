@@ -203,9 +203,9 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
         "previous_champion": decision.champion_version,
         "candidate_patent_map": dg.MetadataValue.float(candidate),
         "load_with": dg.MetadataValue.md(
-            f"`mlflow.pytorch.load_model(\"models:/{cfg.registered_model}@champion\")` (torch module), or "
-            f"`mlflow.pyfunc.load_model(\"models:/{cfg.registered_model}@champion\").predict(df)` "
-            "(a column `image` of base64 PNG/JPEG → L2-normalised embeddings)"),
+            f"`hmpcl_lib.tracking.load_model(cfg, \"models:/{cfg.registered_model}@champion\")` (torch module, read "
+            f"from its safetensors weights), or `mlflow.pyfunc.load_model(\"models:/{cfg.registered_model}@champion\")"
+            ".predict(df)` (a column `image` of base64 PNG/JPEG → L2-normalised embeddings); no pickle either way"),
         "serve_it": dg.MetadataValue.md(SERVE_HOWTO.format(model=cfg.registered_model)),
         "search_it": dg.MetadataValue.md(SEARCH_HOWTO.format(index=store.layout.index_dir(trained_encoder.run_id))),
     }))

@@ -1,0 +1,214 @@
+"""The search page under load: the real server (`hmpcl serve`, a child process on 127.0.0.1) with concurrent clients,
+beside the bare batched encoder measured in the same run.
+
+Two phases, each a bounded number of requests:
+1. mixed: `--large-clients` clients each POST `--large-requests` uploads of a `--large-side`² PNG drawing (default
+   7000², 49 MP: just under the 50 MP limit) while `--small-clients` clients each POST `--small-requests` corpus-sized
+   drawings to `/api/search`;
+2. small only: `--throughput-clients` clients POST small drawings, for the server's images/s against the bare encoder's.
+
+Prints per phase and kind: requests, requests/s, p50/p95 ms, status counts; the server's peak RSS (VmHWM of the
+`hmpcl serve` process); and the bare encoder's images/s at the server's batch size (in-memory pixels, one forward per
+batch: the ceiling). The corpus is the rendered demo corpus (`hmpcl_lib.serve.demo`), the model efficientnet_lite0
+with its ImageNet weights, saved as a safetensors file the server loads with --model-checkpoint.
+
+    python benchmarks/search_load.py                       # the README's table
+    python benchmarks/search_load.py --large-clients 4 --large-requests 1 --small-clients 2 --small-requests 3 \
+        --throughput-clients 2 --throughput-requests 5 --large-side 1500     # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+
+def large_png(side: int) -> bytes:
+    """A side x side grey line drawing as PNG (mostly white: a few MB at most, like a scanned sheet)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (side, side), 255)
+    pen = ImageDraw.Draw(img)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        pen.line([tuple(int(v) for v in rng.integers(0, side, 2)) for _ in range(2)], fill=0, width=max(2, side // 500))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vmhwm_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def post(url: str, body: bytes, timeout: float = 300.0) -> tuple[int, float]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "image/png"}, method="POST")
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        status = exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        return f"error: {type(exc).__name__}", time.perf_counter() - started
+    return status, time.perf_counter() - started
+
+
+def run_clients(url: str, kinds: dict[str, tuple[int, int, list[bytes]]]) -> tuple[dict[str, list], float]:
+    """kinds: name -> (clients, requests per client, bodies); every client thread starts at once."""
+    results: dict[str, list] = {name: [] for name in kinds}
+    lock = threading.Lock()
+    start = threading.Barrier(sum(c for c, _, _ in kinds.values()) + 1)
+
+    def client(name: str, requests: int, bodies: list[bytes], offset: int) -> None:
+        start.wait()
+        for i in range(requests):
+            outcome = post(url, bodies[(offset + i) % len(bodies)])
+            with lock:
+                results[name].append(outcome)
+
+    threads = [threading.Thread(target=client, args=(name, requests, bodies, c * requests))
+               for name, (clients, requests, bodies) in kinds.items() for c in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - began
+
+
+def summarise(phase: str, results: dict[str, list], seconds: float) -> list[str]:
+    rows = []
+    for name, outcomes in results.items():
+        ms = np.array([t for _, t in outcomes]) * 1000
+        statuses = Counter(str(s) for s, _ in outcomes)
+        rows.append(f"| {phase} | {name} | {len(outcomes)} | {len(outcomes) / seconds:.1f} | "
+                    f"{np.percentile(ms, 50):,.0f} | {np.percentile(ms, 95):,.0f} | "
+                    + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) + " |")
+    return rows
+
+
+def bare_encoder_rate(model, image_size: int, batch: int, seconds: float = 8.0) -> float:
+    """Images/s of the encoder alone on in-memory eval pixels, `batch` at a time (the server's ceiling)."""
+    import torch
+
+    from hmpcl_lib.modeling.pixels import eval_batch
+
+    pixels = np.full((batch, image_size, image_size), 255, np.uint8)
+    config = model.config
+    with torch.inference_mode():
+        model(eval_batch(pixels, config["mean"], config["std"]))  # warm-up
+        n, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            model(eval_batch(pixels, config["mean"], config["std"]))
+            n += batch
+    return n / (time.perf_counter() - began)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--large-clients", type=int, default=32)
+    p.add_argument("--large-requests", type=int, default=2)
+    p.add_argument("--large-side", type=int, default=7000)
+    p.add_argument("--small-clients", type=int, default=8)
+    p.add_argument("--small-requests", type=int, default=20)
+    p.add_argument("--throughput-clients", type=int, default=16)
+    p.add_argument("--throughput-requests", type=int, default=40)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32, help="the server's --batch-size")
+    p.add_argument("--server-args", default="", help="more `hmpcl serve` flags, e.g. '--max-inflight-mp 50'")
+    args = p.parse_args(argv)
+    import polars as pl
+    import torch
+
+    from hmpcl_lib.modeling.models import build_encoder, save_encoder_safetensors
+    from hmpcl_lib.serve.demo import DEMO_SPEC, demo_searcher, write_demo_corpus
+
+    print(f"$ python {' '.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])}\n"
+          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="hmpcl-load-") as tmp:
+        layout = write_demo_corpus(tmp, DEMO_SPEC)
+        model = build_encoder(embed_dim=None, weights="package", image_size=args.image_size).eval()
+        index_dir = Path(tmp) / "index"
+        demo_searcher(layout, model, index_dir)
+        weights = save_encoder_safetensors(model, Path(tmp) / "encoder.safetensors")
+        small = [Path(x).read_bytes() for x in pl.read_parquet(layout.hierarchy_path)["image_path"].to_list()]
+        big = large_png(args.large_side)
+        ceiling = bare_encoder_rate(model, args.image_size, args.batch_size)  # before the server shares the cores
+        port = free_port()
+        command = [sys.executable, "-m", "hmpcl_lib.tracking.cli", "serve", "--host", "127.0.0.1", "--port",
+                   str(port), "--data-root", tmp, "--model-checkpoint", str(weights), "--index", str(index_dir),
+                   "--batch-size", str(args.batch_size), *args.server_args.split()]
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 300
+            while True:  # wait for /healthz, or for the server to die
+                if server.poll() is not None:
+                    raise SystemExit(f"hmpcl serve exited ({server.returncode}):\n{server.stdout.read()}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                        json.load(r)
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("hmpcl serve did not answer /healthz within 300 s") from None
+                    time.sleep(0.5)
+            threading.Thread(target=server.stdout.read, daemon=True).start()  # drain the log
+            url = f"http://127.0.0.1:{port}/api/search?k=12"
+            idle_kib = vmhwm_kib(server.pid)
+            mixed, mixed_s = run_clients(url, {
+                f"large {args.large_side}² PNG ({len(big) / 2**20:.1f} MB)": (args.large_clients, args.large_requests, [big]),
+                "small drawing": (args.small_clients, args.small_requests, small)})
+            peak_kib = vmhwm_kib(server.pid)
+            only, only_s = run_clients(url, {"small drawing": (args.throughput_clients, args.throughput_requests,
+                                                               small)})
+            served = sum(1 for s, _ in only["small drawing"] if s == 200)
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    rows = ["| phase | requests of | n | requests/s | p50 ms | p95 ms | statuses |", "|---|---|---:|---:|---:|---:|---|"]
+    rows += summarise(f"{args.large_clients} large + {args.small_clients} small clients", mixed, mixed_s)
+    rows += summarise(f"{args.throughput_clients} small clients", only, only_s)
+    print("\n".join(rows))
+    print(f"\nserver peak RSS (VmHWM): {peak_kib / 2**20:.2f} GiB after the mixed phase "
+          f"({idle_kib / 2**20:.2f} GiB when ready)")
+    print(f"small-only throughput: {served / only_s:.1f} images/s = "
+          f"{served / only_s / ceiling:.0%} of the bare encoder's {ceiling:.1f} images/s "
+          f"(batch {args.batch_size}, in-memory pixels, same machine, measured before the server started)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

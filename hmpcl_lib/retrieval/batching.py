@@ -1,0 +1,145 @@
+"""Serving under load: bounded work in flight and dynamic batching, for the search page and the MLflow pyfunc.
+
+- `WorkLimit(capacity, queue)`: at most `capacity` images are decoded and embedded at once; up to `queue` more
+  requests wait for a slot (each at most `timeout` seconds); anything beyond is refused at once with `Overloaded`,
+  which the servers answer as HTTP 503 with `Retry-After`. Memory is then bounded by capacity x the largest decoded
+  image, whatever the number of clients (FastAPI's thread pool alone would let 40 decodes run at once).
+- `DynamicBatcher(fn, max_batch, window_s)`: concurrent callers' inputs are stacked and run through `fn` (the
+  encoder) together: the first item of a batch waits at most `window_s` for company, then the batch runs on one
+  worker thread. On a CPU or GPU an encoder's images/s grows with the batch, so under load the server approaches the
+  batched encoder's throughput instead of running batches of one (as Triton's dynamic batcher, TorchServe's batch
+  aggregation and Ray Serve's `@serve.batch` do).
+
+Pure threading: no web framework, no torch (the batched function brings its own).
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+
+class Overloaded(Exception):
+    """The server has no slot and no room in its wait queue for this request: retry later (HTTP 503)."""
+
+
+def default_max_inflight() -> int:
+    """Images decoded + embedded at once: one per core, at least 2 (a decode can overlap an encode)."""
+    return max(2, os.cpu_count() or 1)
+
+
+class WorkLimit:
+    """A counting semaphore with a bounded wait queue (see the module doc)."""
+
+    def __init__(self, capacity: int, queue: int, timeout: float = 30.0):
+        if capacity < 1 or queue < 0:
+            raise ValueError(f"capacity must be >= 1 and queue >= 0, got {capacity}, {queue}")
+        self.capacity, self.queue, self.timeout = capacity, queue, timeout
+        self._used = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
+
+    @property
+    def in_flight(self) -> int:
+        return self._used
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextmanager
+    def acquire(self, n: int = 1) -> Iterator[None]:
+        """Hold `n` slots (at most `capacity`) for the block; Overloaded when the queue is full or the wait times out."""
+        n = max(1, min(n, self.capacity))
+        with self._cond:
+            if self._used + n > self.capacity:
+                if self._waiting >= self.queue:
+                    raise Overloaded(f"{self._used} images in flight and {self._waiting} requests waiting "
+                                     f"(limits {self.capacity} and {self.queue})")
+                self._waiting += 1
+                try:
+                    free = self._cond.wait_for(lambda: self._used + n <= self.capacity, self.timeout)
+                finally:
+                    self._waiting -= 1
+                if not free:
+                    raise Overloaded(f"no slot freed within {self.timeout:g} s")
+            self._used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= n
+                self._cond.notify_all()
+
+
+class DynamicBatcher:
+    """Runs `fn(list_of_items) -> list_of_results` on one worker thread over batches gathered from concurrent
+    `submit` calls: up to `max_batch` items, the first waiting at most `window_s` for others."""
+
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 32, window_s: float = 0.005,
+                 name: str = "hmpcl-batcher"):
+        if max_batch < 1 or window_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and window_s >= 0, got {max_batch}, {window_s}")
+        self.fn, self.max_batch, self.window_s = fn, max_batch, window_s
+        self._items: queue_module.Queue = queue_module.Queue()
+        self._closed = False
+        self.batches = 0  # how many times fn ran, and over how many items: for tests and metrics
+        self.items = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> Future:
+        """Queue one item; the future resolves to fn's result for it (or fn's exception)."""
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        future: Future = Future()
+        self._items.put((item, future))
+        return future
+
+    def __call__(self, item: Any, timeout: float | None = None) -> Any:
+        return self.submit(item).result(timeout)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the worker thread."""
+        self._closed = True
+        self._items.put(None)
+        self._thread.join()
+
+    def _gather(self, first) -> list:
+        """`first` plus whatever arrives within the window from now (or is already queued), up to max_batch."""
+        batch, deadline = [first], time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            try:
+                nxt = self._items.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue_module.Empty:
+                break
+            if nxt is None:  # closing: run this batch, then let the loop see the stop signal
+                self._items.put(None)
+                break
+            batch.append(nxt)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            first = self._items.get()
+            if first is None:
+                return
+            batch = self._gather(first)
+            items = [item for item, _ in batch]
+            try:
+                results = list(self.fn(items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"batched function gave {len(results)} results for {len(items)} items")
+            except BaseException as exc:  # noqa: BLE001 - every caller gets the failure
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results):
+                    future.set_result(result)
+            self.batches += 1
+            self.items += len(items)

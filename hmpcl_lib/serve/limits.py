@@ -1,0 +1,22 @@
+"""What one request and the whole search page may take: the `Limits` of `hmpcl serve` (flags with these defaults).
+No web imports, so `hmpcl --help` stays instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_k: int = 100
+    default_k: int = 12
+    filter_factor: int = 10  # candidates searched per wanted result when a class filter is set
+    max_candidates: int = 10_000
+    # decode budget over all requests, in pixels (≈ 5 bytes each while decoding: RGB file, grey copy, padded square);
+    # the default holds two images at the pixel limit, and any number of small ones beside them
+    max_inflight_pixels: int = 100_000_000
+    max_queue: int = 64  # requests waiting for decode room; more are answered 503 with Retry-After
+    batch_size: int = 32  # queries embedded in one forward pass at most (dynamic batching)
+    batch_window_ms: float = 5.0  # how long the first query of a batch waits for others
+    retry_after_s: int = 1
