@@ -61,8 +61,9 @@ def _result(n: int, seconds: dict[str, float], encoder: str = "real") -> dict:
 
 
 def test_exponents_and_the_projection_follow_their_formulas(scale, tmp_path):
-    small = _result(1000, {"drawings": 2.0, "gallery_index": 1.0, "corpus_embeddings": 10.0})
-    large = _result(4000, {"drawings": 8.0, "gallery_index": 8.0, "corpus_embeddings": 1.0}, encoder="standin")
+    small = _result(1000, {"drawings": 2.0, "gallery_index": 1.0, "corpus_embeddings": 10.0, "retrieval_benchmark": 1.0})
+    large = _result(4000, {"drawings": 8.0, "gallery_index": 8.0, "corpus_embeddings": 1.0, "retrieval_benchmark": 2.0},
+                    encoder="standin")
     assert scale.exponent([small, large], "drawings", "seconds") == pytest.approx(1.0)
     assert scale.exponent([small, large], "gallery_index", "seconds") == pytest.approx(1.5)
     text = scale.report([small, large], tmp_path)
@@ -71,6 +72,8 @@ def test_exponents_and_the_projection_follow_their_formulas(scale, tmp_path):
              for line in projected if line.startswith("| ")}
     assert hours["drawings"] == pytest.approx(round(8.0 * scale.REAL_SIZE / 4000 / 3600, 2), abs=0.01)
     assert hours["gallery_index"] == pytest.approx(round(8.0 * (scale.REAL_SIZE / 4000) ** 1.5 / 3600, 2), abs=0.01)
+    # exact search is quadratic: projected with e = 2 although 1000 -> 4000 measured 0.5
+    assert hours["retrieval_benchmark"] == pytest.approx(round(2.0 * (scale.REAL_SIZE / 4000) ** 2 / 3600, 2), abs=0.01)
     # the stand-in's time is not projected: the real encoder's measured rate (1000 drawings in 10 s) is
     assert hours["corpus_embeddings"] == pytest.approx(round(scale.REAL_SIZE / 100 / 3600, 2), abs=0.01)
     assert (tmp_path / "scale.md").read_text().strip() == text.strip()
