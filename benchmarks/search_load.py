@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32, help="the server's --batch-size")
     p.add_argument("--server-args", default="", help="more `hmpcl serve` flags, e.g. '--max-inflight-mp 50'")
+    p.add_argument("--server-threads", type=int, default=None,
+                   help="torch threads of the server (OMP_NUM_THREADS; default: torch's own, the cores)")
     args = p.parse_args(argv)
     import polars as pl
     import torch
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "hmpcl_lib.tracking.cli", "serve", "--host", "127.0.0.1", "--port",
                    str(port), "--data-root", tmp, "--model-checkpoint", str(weights), "--index", str(index_dir),
                    "--batch-size", str(args.batch_size), *args.server_args.split()]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(args.server_threads)} if args.server_threads else {})}
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                  env=env)
         try:
             deadline = time.monotonic() + 300
             while True:  # wait for /healthz, or for the server to die

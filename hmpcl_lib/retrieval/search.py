@@ -171,7 +171,8 @@ class Searcher:
         if missing:
             raise InputError(f"hierarchy table lacks columns {missing}", source="hierarchy")
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        # channels_last like the corpus embedding (`embedding._embed_batches`): eval_batch gives that layout
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.index = index
         self.hierarchy = hierarchy.select(HIERARCHY_COLUMNS).unique("drawing_id", keep="first", maintain_order=True)
         self.data_root = data_root
