@@ -32,7 +32,26 @@ def tables(drawing_table, tmp_path):
 
 
 def test_a_training_run_logs_its_datasets_and_system_metrics(tables, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a sample even if the run is quick
+    """System metrics are sampled by MLflow's own thread: the training is held open (inside its run) until the first
+    sample is logged, with a generous deadline, instead of hoping a 2-step run outlasts the sampling interval."""
+    import time
+
+    import mlflow
+
+    from hmpcl_lib.train import loop
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    real_train = loop.train
+
+    def train_until_sampled(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        run_id, deadline = mlflow.active_run().info.run_id, time.monotonic() + 120
+        while "system/cpu_utilization_percentage" not in mlflow.get_run(run_id).data.metrics:
+            assert time.monotonic() < deadline, "MLflow logged no system metric within 120 s"
+            time.sleep(0.2)
+        return result
+
+    monkeypatch.setattr(loop, "train", train_until_sampled)  # train_tracked imports it at call time
     cfg = tracking.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                   artifact_root=str(tmp_path / "art"))
     hierarchy_path, splits_path = tables
