@@ -170,6 +170,11 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _precision(bf16: bool, on_cuda: bool) -> str:
+    """How a row's forward runs, for its label."""
+    return "bf16 autocast" if bf16 else ("fp32 (cuDNN TF32 default)" if on_cuda else "fp32")
+
+
 def _median_note(times: list[float], per: str = "step") -> str:
     return f"median of {len(times)}: {statistics.median(times) * 1e3:.2f} ms/{per}"
 
@@ -288,7 +293,7 @@ def train_rows(suite: Suite, base: TrainConfig, store: PixelStore | None) -> Non
         variants = [("bf16", True), ("fp32", False)] if on_cuda else [("fp32", False)]
         for name, bf16 in variants:
             key = f"train.bare.{name}.b{b}"
-            precision = "bf16 autocast" if bf16 else ("fp32 (cuDNN TF32 default)" if on_cuda else "fp32")
+            precision = _precision(bf16, on_cuda)
             suite.run(key, "1 training step", f"bare: in-memory batch, {precision}, B={b}",
                       lambda row, bf16=bf16: bare(row, bf16), "img/s", None if key == ceiling else ceiling)
 
@@ -374,7 +379,7 @@ def embed_rows(suite: Suite, base: TrainConfig, store: PixelStore | None) -> Non
         variants = [("bf16", True), ("fp32", False)] if bf16_ok else [("fp32", False)]
         for name, bf16 in variants:
             key = f"embed.bare.{name}.b{b}"
-            precision = "bf16 autocast" if bf16 else ("fp32 (cuDNN TF32 default)" if on_cuda else "fp32")
+            precision = _precision(bf16, on_cuda)
             suite.run(key, "2 embedding", f"bare: in-memory batch, inference_mode, {precision}, B={b}",
                       lambda row, bf16=bf16: bare(row, bf16), "img/s", None if key == ceiling else ceiling)
 

@@ -63,11 +63,6 @@ ALGORITHMIC = {"retrieval_benchmark": (2.0, "exact search: queries x gallery, bo
 # ---------------------------------------------------------------------------------------------------- the corpus
 
 
-def _tuesdays(year: int) -> list[dt.date]:
-    day = dt.date(year, 1, 1) + dt.timedelta(days=(1 - dt.date(year, 1, 1).weekday()) % 7)
-    return [d for w in range(53) if (d := day + dt.timedelta(weeks=w)).year == year]
-
-
 def render_pool(size: int, png_size: int, seed: int = 0) -> list[bytes]:
     """`size` distinct PNGs of the sample generator (patents of every class, their views in turn)."""
     from hmpcl_lib.sample import SampleSpec, render_drawing, sample_patents
@@ -130,6 +125,7 @@ def build_corpus(root: Path, n: int, pool: list[bytes], years=YEARS, seed: int =
                  part_bytes: int = PART_BYTES) -> dict:
     """N drawings over `years` under root/dataverse/YYYY/ (parts) and root/uspto/ (weekly grant XML); streamed, so
     memory stays at one patent's records. Locarno codes only in the XML (the join `lic_hierarchy` does)."""
+    from hmpcl_lib.sample.spec import _tuesdays  # the grant weeks the sample generator uses
     from hmpcl_lib.sample.writers import _grant_xml
     from hmpcl_lib.taxonomy.locarno import load_taxonomy
 

@@ -1,9 +1,10 @@
 """Serving under load: bounded work in flight and dynamic batching, for the search page and the MLflow pyfunc.
 
-- `WorkLimit(capacity, queue)`: at most `capacity` images are decoded and embedded at once; up to `queue` more
-  requests wait for a slot (each at most `timeout` seconds); anything beyond is refused at once with `Overloaded`,
-  which the servers answer as HTTP 503 with `Retry-After`. Memory is then bounded by capacity x the largest decoded
-  image, whatever the number of clients (FastAPI's thread pool alone would let 40 decodes run at once).
+- `WorkLimit(capacity, queue)`: a budget of `capacity` units held while work runs (the servers count pixels: a
+  decode holds its image's width x height); up to `queue` more requests wait for room (each at most `timeout`
+  seconds); anything beyond is refused at once with `Overloaded`, which the servers answer as HTTP 503 with
+  `Retry-After`. Decode memory is then bounded by the budget, whatever the number of clients (FastAPI's thread pool
+  alone would let 40 decodes run at once).
 - `DynamicBatcher(fn, max_batch, window_s)`: concurrent callers' inputs are stacked and run through `fn` (the
   encoder) together: the first item of a batch waits at most `window_s` for company, then the batch runs on one
   worker thread. On a CPU or GPU an encoder's images/s grows with the batch, so under load the server approaches the
@@ -15,7 +16,6 @@ Pure threading: no web framework, no torch (the batched function brings its own)
 
 from __future__ import annotations
 
-import os
 import queue as queue_module
 import threading
 import time
@@ -26,11 +26,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 class Overloaded(Exception):
     """The server has no slot and no room in its wait queue for this request: retry later (HTTP 503)."""
-
-
-def default_max_inflight() -> int:
-    """Images decoded + embedded at once: one per core, at least 2 (a decode can overlap an encode)."""
-    return max(2, os.cpu_count() or 1)
 
 
 class WorkLimit:
@@ -54,12 +49,12 @@ class WorkLimit:
 
     @contextmanager
     def acquire(self, n: int = 1) -> Iterator[None]:
-        """Hold `n` slots (at most `capacity`) for the block; Overloaded when the queue is full or the wait times out."""
+        """Hold `n` units (at most `capacity`) for the block; Overloaded when the queue is full or the wait times out."""
         n = max(1, min(n, self.capacity))
         with self._cond:
             if self._used + n > self.capacity:
                 if self._waiting >= self.queue:
-                    raise Overloaded(f"{self._used} images in flight and {self._waiting} requests waiting "
+                    raise Overloaded(f"{self._used} units in flight and {self._waiting} requests waiting "
                                      f"(limits {self.capacity} and {self.queue})")
                 self._waiting += 1
                 try:

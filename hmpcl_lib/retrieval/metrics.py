@@ -197,9 +197,9 @@ class QueryLabels:
 def per_query_metrics(queries: pl.DataFrame, gallery: pl.DataFrame, ranking: np.ndarray,
                       queries_in_gallery: bool = False) -> pl.DataFrame:
     """One row per query: drawing_id, class_code, `excluded` flag and every metric (null when excluded)."""
-    _check_frames(queries, gallery)
-    _check_ranking(ranking, queries["drawing_id"], gallery.height)
-    return QueryLabels(queries, gallery, queries_in_gallery).score(ranking)[0]
+    labels = QueryLabels(queries, gallery, queries_in_gallery)  # checks the frames
+    _check_ranking(ranking, queries["drawing_id"], gallery.height)  # all queries: `score` checks a slice's rows
+    return labels.score(ranking)[0]
 
 
 def _scope_means(per_query: pl.DataFrame, scope: pl.Expr) -> pl.DataFrame:

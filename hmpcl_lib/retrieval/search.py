@@ -130,21 +130,16 @@ def read_query_file(path: str | os.PathLike, data_root: str | os.PathLike | None
     return check_query_path(path, data_root).read_bytes()
 
 
-def open_query_bytes(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "upload", formats: Sequence[str] = UPLOAD_FORMATS
-) -> Image.Image:
-    """`open_query_image` for bytes held in memory (an upload): same header checks, only `formats` decoded."""
-    if not data:
-        raise UnsupportedImage("empty upload: no image bytes", source=source)
-    _check_header(io.BytesIO(data), source, max_pixels, formats)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as img:
-                img.load()
-                return flatten_drawing(img, "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", source=source) from exc
+def embed_pixels(model: torch.nn.Module, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """[B, S, S] uint8 eval pixels → [B, D] float32 unit vectors in one forward pass (the Searcher's and the MLflow
+    pyfunc's batched step)."""
+    from hmpcl_lib.modeling.pixels import eval_batch
+
+    batch = eval_batch(np.ascontiguousarray(pixels), mean, std, device)
+    with torch.inference_mode():
+        vectors = model(batch)
+    return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy()
 
 
 class Searcher:
@@ -190,12 +185,7 @@ class Searcher:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[B, S, S] uint8 eval pixels → [B, D] float32 unit vectors (one forward pass: the batched step)."""
-        from hmpcl_lib.modeling.pixels import eval_batch
-
-        batch = eval_batch(np.ascontiguousarray(pixels), self.mean, self.std, self.device)
-        with torch.inference_mode():
-            vectors = self.model(batch)
-        return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy()
+        return embed_pixels(self.model, pixels, self.mean, self.std, self.device)
 
     def embed_image(self, path: str | os.PathLike) -> np.ndarray:
         """[1, D] float32 unit vector of the query image (after the hostile-input checks)."""

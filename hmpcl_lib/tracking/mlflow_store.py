@@ -66,37 +66,15 @@ class LegacyModelError(InputError):
     """A model logged by an older hmpcl as pickled Python objects: refused (see `load_model`)."""
 
 
-def _model_files(local: Path, model_uri: str) -> Path:
-    """The encoder weights of a downloaded model folder; a model logged the old (pickled) way is refused with the
-    command that re-logs it."""
-    from mlflow.models import Model
-
-    from hmpcl_lib.tracking import pyfunc
-
-    try:
-        model = Model.load(str(local))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder without MLmodel
-        raise InputError(f"not an MLflow model ({exc})", source=model_uri) from exc
-    if (model.metadata or {}).get(pyfunc.FORMAT_KEY) != pyfunc.FORMAT:
-        raise LegacyModelError(
-            source=model_uri,
-            reason=f"{model_uri} was logged by an older hmpcl as pickled Python objects (a cloudpickled pyfunc and a "
-            "pickled pytorch flavour), which hmpcl no longer loads: loading them can run any code. Re-log it without "
-            f"retraining: `hmpcl relog {model_uri}` (reads only its weights, logs a pickle-free model, registers it "
-            "and moves its aliases).")
-    return local / model.flavors["python_function"]["artifacts"][pyfunc.ENCODER_ARTIFACT]["path"]
-
-
-def load_model(cfg: TrackingConfig, model_uri: str):
-    """The encoder logged at `model_uri` (`runs:/…`, `models:/name@alias`, `models:/name/3`, `models:/m-…`) in eval
-    mode on the CPU, read from its safetensors weights only: none of the model's code runs and nothing is
-    unpickled. An unknown URI is an InputError naming it; a model logged the old way is a LegacyModelError that
-    says how to re-log it. (Files load through `hmpcl_lib.modeling.models.load_encoder`.)"""
+@contextlib.contextmanager
+def _downloaded_model(cfg: TrackingConfig, model_uri: str) -> Iterator[tuple[Path, Any, bool]]:
+    """(local folder, MLmodel, pickle-free?) of the model at `model_uri`, downloaded to a temp folder for the block."""
     import tempfile
 
     import mlflow
+    from mlflow.models import Model
 
-    from hmpcl_lib.modeling.models import load_encoder
+    from hmpcl_lib.tracking import pyfunc
 
     activate(cfg)
     with tempfile.TemporaryDirectory(prefix="hmpcl-model-") as tmp:
@@ -104,7 +82,39 @@ def load_model(cfg: TrackingConfig, model_uri: str):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         except mlflow.exceptions.MlflowException as exc:
             raise InputError(f"cannot load the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
-        return load_encoder(_model_files(local, model_uri)).eval()
+        try:
+            model = Model.load(str(local))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder without MLmodel
+            raise InputError(f"not an MLflow model ({exc})", source=model_uri) from exc
+        yield local, model, (model.metadata or {}).get(pyfunc.FORMAT_KEY) == pyfunc.FORMAT
+
+
+def _encoder_weights(local: Path, model: Any, model_uri: str) -> Path:
+    """The encoder artifact of a downloaded hmpcl model (safetensors, or an old model's state-dict .pt)."""
+    from hmpcl_lib.tracking import pyfunc
+
+    artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
+    if pyfunc.ENCODER_ARTIFACT not in artifacts:
+        raise InputError("no encoder weights artifact (not an hmpcl model?)", source=model_uri)
+    return local / artifacts[pyfunc.ENCODER_ARTIFACT]["path"]
+
+
+def load_model(cfg: TrackingConfig, model_uri: str):
+    """The encoder logged at `model_uri` (`runs:/…`, `models:/name@alias`, `models:/name/3`, `models:/m-…`) in eval
+    mode on the CPU, read from its safetensors weights only: none of the model's code runs and nothing is
+    unpickled. An unknown URI is an InputError naming it; a model logged the old way is a LegacyModelError that
+    says how to re-log it. (Files load through `hmpcl_lib.modeling.models.load_encoder`.)"""
+    from hmpcl_lib.modeling.models import load_encoder
+
+    with _downloaded_model(cfg, model_uri) as (local, model, pickle_free):
+        if not pickle_free:
+            raise LegacyModelError(
+                source=model_uri,
+                reason=f"{model_uri} was logged by an older hmpcl as pickled Python objects (a cloudpickled pyfunc and "
+                "a pickled pytorch flavour), which hmpcl no longer loads: loading them can run any code. Re-log it "
+                f"without retraining: `hmpcl relog {model_uri}` (reads only its weights, logs a pickle-free model, "
+                "registers it and moves its aliases).")
+        return load_encoder(_encoder_weights(local, model, model_uri)).eval()
 
 
 def relog(cfg: TrackingConfig, model_uri: str) -> tuple[str, Any]:
@@ -112,15 +122,10 @@ def relog(cfg: TrackingConfig, model_uri: str) -> tuple[str, Any]:
     dict, loaded with `weights_only=True`), log them pickle-free to the same run, and when `model_uri` names a
     registered version, register the new model as a new version with the same tags and move the old version's
     aliases to it. Returns (new model URI, new version or None)."""
-    import tempfile
-
     import mlflow
-    from mlflow.models import Model
 
     from hmpcl_lib.modeling.models import load_encoder
-    from hmpcl_lib.tracking import pyfunc
 
-    activate(cfg)
     c = client(cfg)
     version = None
     if model_uri.startswith("models:/"):
@@ -130,18 +135,10 @@ def relog(cfg: TrackingConfig, model_uri: str) -> tuple[str, Any]:
         elif "/" in name:
             name, _, number = name.partition("/")
             version = c.get_model_version(name, number)
-    with tempfile.TemporaryDirectory(prefix="hmpcl-relog-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-            model = Model.load(str(local))
-        except mlflow.exceptions.MlflowException as exc:
-            raise InputError(f"cannot read the model from {cfg.tracking_uri}: {exc}", source=model_uri) from exc
-        if (model.metadata or {}).get(pyfunc.FORMAT_KEY) == pyfunc.FORMAT:
+    with _downloaded_model(cfg, model_uri) as (local, model, pickle_free):
+        if pickle_free:
             return model_uri, version
-        artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
-        if pyfunc.ENCODER_ARTIFACT not in artifacts:
-            raise InputError("no encoder weights artifact to re-log from (not an hmpcl model?)", source=model_uri)
-        encoder = load_encoder(local / artifacts[pyfunc.ENCODER_ARTIFACT]["path"])  # weights_only: no unpickling
+        encoder = load_encoder(_encoder_weights(local, model, model_uri))  # weights_only: no unpickling
         run_id = model.run_id or (version.run_id if version else None)
     with mlflow.start_run(run_id=run_id):
         new_uri = log_encoder(encoder)

@@ -16,7 +16,7 @@ version logged the old way is refused with the command that re-logs it (`hmpcl r
 Input: a DataFrame with a column `image` (base64-encoded PNG/JPEG/GIF/BMP/TIFF/WEBP bytes) or a column `path` (an
 image file under the allowed root: `model_config={"serve_root": ...}` at load time, else $HMPCL_SERVE_ROOT; without
 one, paths are refused; relative paths are taken from the root). One of the two per row. Bytes are decoded in
-memory by the search page's own function (`search.open_query_bytes`: format allow-list, pixel limit read from the
+memory by the search page's own function (`search.query_pixels`: format allow-list, pixel limit read from the
 header before any pixel is decoded, then straight to grey). The pixel limit is `model_config["max_pixels"]`, else
 $HMPCL_SERVE_MAX_PIXELS, else search's DEFAULT_MAX_PIXELS. Concurrent requests share a decode budget of
 `max_inflight_pixels` (model_config / $HMPCL_SERVE_MAX_INFLIGHT_PIXELS, default twice the pixel limit) and a wait
@@ -39,8 +39,6 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
@@ -126,11 +124,9 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def _embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over the queries of concurrent requests (the batcher's function)."""
-        from hmpcl_lib.modeling.pixels import eval_batch
+        from hmpcl_lib.retrieval.search import embed_pixels
 
-        with torch.inference_mode():
-            z = self.encoder(eval_batch(np.stack(pixels), self.mean, self.std))
-        return list(F.normalize(z.float(), dim=-1).numpy().astype(np.float32))
+        return list(embed_pixels(self.encoder, np.stack(pixels), self.mean, self.std))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from hmpcl_lib.retrieval.batching import Overloaded
