@@ -102,3 +102,35 @@ def test_a_function_giving_the_wrong_number_of_results_is_an_error():
             batcher("x", timeout=DEADLINE)
     finally:
         batcher.close()
+
+
+def test_two_streams_run_a_second_batch_while_the_first_is_held_and_each_runs_on_start():
+    started, release = threading.Event(), threading.Event()
+    threads_seen = set()
+    lock = threading.Lock()
+
+    def on_start():
+        with lock:
+            threads_seen.add(threading.current_thread().name)
+
+    def fn(items):
+        if items == ["hold"]:
+            started.set()
+            release.wait(DEADLINE)
+        return items
+
+    batcher = DynamicBatcher(fn, max_batch=4, window_s=0.0, streams=2, on_start=on_start, name="t")
+    try:
+        held = batcher.submit("hold")
+        assert started.wait(DEADLINE)
+        assert batcher("free", timeout=DEADLINE) == "free"  # the other stream answered while the first is held
+        assert not held.done()
+        release.set()
+        assert held.result(DEADLINE) == "hold"
+    finally:
+        release.set()
+        batcher.close()
+    assert threads_seen == {"t-0", "t-1"}
+    assert (batcher.batches, batcher.items) == (2, 2)
+    with pytest.raises(ValueError):
+        DynamicBatcher(fn, streams=0)

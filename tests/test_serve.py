@@ -4,6 +4,7 @@ filter, hostile uploads and ids, thumbnails, the startup checks of `hmpcl serve`
 from __future__ import annotations
 
 import io
+import asyncio
 import struct
 import zlib
 from pathlib import Path
@@ -206,7 +207,9 @@ def test_home_page_lists_classes_and_examples(client, corpus):
         assert f'<option value="{code}"' in page.text and title in page.text
     assert "/search?drawing_id=" in page.text and 'type="file"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert client.get("/healthz").json() == {"status": "ok", "drawings": 18, "index": 18}
+    health = client.get("/healthz").json()
+    assert {k: health[k] for k in ("status", "drawings", "index")} == {"status": "ok", "drawings": 18, "index": 18}
+    assert health["batched_queries"] >= health["batches"] >= 0
     assert client.get("/static/search.js").status_code == 200
 
 
@@ -314,7 +317,39 @@ def test_queries_embed_through_the_batcher_like_the_searcher(corpus):
     paths = hierarchy["image_path"].to_list()[:4]
     app = create_app(searcher, layout)
     service = app.state.service
-    batched = np.concatenate([service.embed_upload(Path(p).read_bytes()) for p in paths])
+    async def embed_all():
+        return await asyncio.gather(*(service.embed(service.upload_pixels(Path(p).read_bytes())) for p in paths))
+
+    batched = np.concatenate(asyncio.run(embed_all()))
     direct = np.concatenate([searcher.embed_image(p) for p in paths])
     np.testing.assert_allclose(batched, direct, atol=1e-5)
     assert service.batcher.items == 4
+
+
+def test_page_results_equal_the_searchers_table_with_and_without_a_class_filter(client, corpus):
+    """The service's per-position lookups (no dataframe join per query) give the Searcher's own ranking and rows."""
+    _, searcher, hierarchy = corpus
+    for row in hierarchy.head(3).iter_rows(named=True):
+        vector = searcher.embed_image(row["image_path"])
+        for code in (None, row["class_code"]):
+            expected = searcher.search_vector(vector, 18)
+            if code is not None:
+                expected = expected.filter(pl.col("class_code") == code)
+            expected = expected.head(5)
+            params = {"drawing_id": row["drawing_id"], "k": 5, **({"class": code} if code else {})}
+            got = client.get("/api/search", params=params).json()["results"]
+            assert [r["drawing_id"] for r in got] == expected["drawing_id"].to_list()
+            assert [r["patent_id"] for r in got] == expected["patent_id"].to_list()
+            assert [r["subclass_code"] for r in got] == expected["subclass_code"].to_list()
+            assert [r["score"] for r in got] == pytest.approx(expected["score"].to_list(), abs=1e-6)
+
+
+def test_an_indexed_drawing_missing_from_the_catalog_is_answered_by_its_id(corpus):
+    from hmpcl_lib.serve.catalog import Catalog
+
+    layout, searcher, hierarchy = corpus
+    missing = hierarchy["drawing_id"][0]
+    with TestClient(create_app(searcher, layout, catalog=Catalog(hierarchy.slice(1), layout))) as c:
+        body = Path(hierarchy["image_path"][0]).read_bytes()
+        first = c.post("/api/search?k=3", content=body, headers={"Content-Type": "image/png"}).json()["results"][0]
+    assert first["drawing_id"] == missing and first["patent_id"] is None and first["class_title"] is None

@@ -5,11 +5,15 @@
   seconds); anything beyond is refused at once with `Overloaded`, which the servers answer as HTTP 503 with
   `Retry-After`. Decode memory is then bounded by the budget, whatever the number of clients (FastAPI's thread pool
   alone would let 40 decodes run at once).
-- `DynamicBatcher(fn, max_batch, window_s)`: concurrent callers' inputs are stacked and run through `fn` (the
-  encoder) together: the first item of a batch waits at most `window_s` for company, then the batch runs on one
-  worker thread. On a CPU or GPU an encoder's images/s grows with the batch, so under load the server approaches the
-  batched encoder's throughput instead of running batches of one (as Triton's dynamic batcher, TorchServe's batch
-  aggregation and Ray Serve's `@serve.batch` do).
+- `DynamicBatcher(fn, max_batch, window_s, streams)`: concurrent callers' inputs are stacked and run through `fn`
+  (the encoder) together: the first item of a batch waits at most `window_s` for company, then the batch runs on one
+  of `streams` worker threads. On a CPU or GPU an encoder's images/s grows with the batch, so under load the server
+  approaches the batched encoder's throughput instead of running batches of one (as Triton's dynamic batcher,
+  TorchServe's batch aggregation and Ray Serve's `@serve.batch` do). With two streams one batch gathers while the
+  other runs, and on a CPU two streams of half the cores each (`on_start` sets a stream's torch threads) beat one
+  stream over all of them: measured on 2 cores, two 1-thread streams embed ≈ 1.5x the images/s of one 2-thread
+  stream (`benchmarks/search_load.py` prints both ceilings), as Triton's CPU instance groups and TorchServe's
+  one-thread workers do.
 
 Pure threading: no web framework, no torch (the batched function brings its own).
 """
@@ -73,20 +77,24 @@ class WorkLimit:
 
 
 class DynamicBatcher:
-    """Runs `fn(list_of_items) -> list_of_results` on one worker thread over batches gathered from concurrent
-    `submit` calls: up to `max_batch` items, the first waiting at most `window_s` for others."""
+    """Runs `fn(list_of_items) -> list_of_results` on `streams` worker threads over batches gathered from concurrent
+    `submit` calls: up to `max_batch` items, the first waiting at most `window_s` for others. `on_start`, when given,
+    runs first in each worker thread (e.g. to set that thread's torch threads)."""
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 32, window_s: float = 0.005,
-                 name: str = "hmpcl-batcher"):
-        if max_batch < 1 or window_s < 0:
-            raise ValueError(f"max_batch must be >= 1 and window_s >= 0, got {max_batch}, {window_s}")
-        self.fn, self.max_batch, self.window_s = fn, max_batch, window_s
+                 name: str = "hmpcl-batcher", streams: int = 1, on_start: Callable[[], None] | None = None):
+        if max_batch < 1 or window_s < 0 or streams < 1:
+            raise ValueError(f"max_batch and streams must be >= 1 and window_s >= 0, got {max_batch}, {streams}, "
+                             f"{window_s}")
+        self.fn, self.max_batch, self.window_s, self.on_start = fn, max_batch, window_s, on_start
         self._items: queue_module.Queue = queue_module.Queue()
         self._closed = False
+        self._count = threading.Lock()
         self.batches = 0  # how many times fn ran, and over how many items: for tests and metrics
         self.items = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(streams)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: Any) -> Future:
         """Queue one item; the future resolves to fn's result for it (or fn's exception)."""
@@ -100,10 +108,11 @@ class DynamicBatcher:
         return self.submit(item).result(timeout)
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker thread."""
+        """Finish what is queued, then stop the worker threads."""
         self._closed = True
-        self._items.put(None)
-        self._thread.join()
+        self._items.put(None)  # each worker passes the stop signal on before it returns
+        for thread in self._threads:
+            thread.join()
 
     def _gather(self, first) -> list:
         """`first` plus whatever arrives within the window from now (or is already queued), up to max_batch."""
@@ -120,9 +129,12 @@ class DynamicBatcher:
         return batch
 
     def _run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
         while True:
             first = self._items.get()
             if first is None:
+                self._items.put(None)  # for the next worker
                 return
             batch = self._gather(first)
             items = [item for item, _ in batch]
@@ -136,5 +148,6 @@ class DynamicBatcher:
             else:
                 for (_, future), result in zip(batch, results):
                     future.set_result(result)
-            self.batches += 1
-            self.items += len(items)
+            with self._count:
+                self.batches += 1
+                self.items += len(items)

@@ -38,7 +38,9 @@ from hmpcl_lib.tracking.mlflow_store import default_tracking_uri
 from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
 
 if TYPE_CHECKING:
-    from hmpcl_lib.retrieval.batching import WorkLimit
+    from typing import Callable
+
+    from hmpcl_lib.retrieval.batching import DynamicBatcher, WorkLimit
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MODEL_URI = "models:/hmpcl-encoder@champion"
@@ -140,6 +142,19 @@ def embed_pixels(model: torch.nn.Module, pixels: np.ndarray, mean: Sequence[floa
     with torch.inference_mode():
         vectors = model(batch)
     return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy()
+
+
+def encoder_batcher(embed: "Callable[[list[np.ndarray]], Sequence[np.ndarray]]", device: str | torch.device,
+                    max_batch: int, window_ms: float, streams: int, name: str = "hmpcl-batcher") -> "DynamicBatcher":
+    """The dynamic batcher of a server's encoder (`batching.DynamicBatcher`): on a CPU, `streams` worker threads
+    (at most one per core) that split the torch threads between them; on a GPU, one."""
+    from hmpcl_lib.retrieval.batching import DynamicBatcher
+
+    cores = torch.get_num_threads()
+    streams = max(1, min(streams, cores)) if torch.device(device).type == "cpu" else 1
+    threads = max(1, cores // streams)
+    return DynamicBatcher(embed, max_batch=max_batch, window_s=window_ms / 1000, name=name, streams=streams,
+                          on_start=lambda: torch.set_num_threads(threads))
 
 
 class Searcher:

@@ -9,7 +9,8 @@ Routes (one code path, `SearchService.run`, behind the page and the API):
     GET  /api/search?drawing_id=ID&k=&class= JSON results
     POST /api/search?k=&class=               JSON results for an uploaded image (raw body)
     GET  /thumb/{drawing_id}                 small PNG of a corpus drawing (looked up by id in the hierarchy table)
-    GET  /healthz                            {"status": "ok", "drawings": N, "index": N}
+    GET  /healthz                            {"status": "ok", "drawings": N, "index": N, "batches": forward
+                                             passes so far, "batched_queries": queries they embedded}
 
 Uploads are read in memory up to `Limits.max_upload_bytes` (413 beyond, from Content-Length or while reading),
 decoded only when their header is one of `UPLOAD_FORMATS` (415 otherwise) and at most `max_pixels` (413); nothing
@@ -23,11 +24,12 @@ Errors are JSON `{"error": message}` on /api, and the page shows the message.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -36,12 +38,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
-from hmpcl_lib.retrieval.batching import DynamicBatcher, Overloaded, WorkLimit
-from hmpcl_lib.retrieval.search import UPLOAD_FORMATS, ImageTooLarge, Searcher, UnsupportedImage
-from hmpcl_lib.serve.catalog import Catalog
+from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit
+from hmpcl_lib.retrieval.search import UPLOAD_FORMATS, ImageTooLarge, Searcher, UnsupportedImage, encoder_batcher
+from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
 from hmpcl_lib.serve.limits import Limits
 
 HERE = Path(__file__).parent
@@ -74,13 +78,13 @@ class Outcome:
                 "timing_ms": {"embed": round(self.embed_ms, 2), "search": round(self.search_ms, 2)}}
 
 
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+def _json_row(rank: int, score: float, row: dict[str, Any]) -> dict[str, Any]:
     date = row.get("grant_date")
-    return {"rank": row["rank"], "drawing_id": row["drawing_id"], "patent_id": row["patent_id"],
+    return {"rank": rank, "drawing_id": row["drawing_id"], "patent_id": row["patent_id"],
             "grant_date": date.isoformat() if date is not None else None,
             "class_code": row["class_code"], "class_title": row["class_title"],
             "subclass_code": row["subclass_code"], "subclass_title": row["subclass_title"],
-            "score": round(float(row["score"]), 6), "thumbnail": f"/thumb/{row['drawing_id']}"}
+            "score": round(float(score), 6), "thumbnail": f"/thumb/{row['drawing_id']}"}
 
 
 class SearchService:
@@ -88,16 +92,26 @@ class SearchService:
 
     def __init__(self, searcher: Searcher, catalog: Catalog, limits: Limits):
         self.searcher, self.catalog, self.limits = searcher, catalog, limits
-        self.details = catalog.table.select("drawing_id", "grant_date", "class_title", "subclass_title")
+        # index position -> catalog row and class code, computed once: a query then costs numpy indexing and one
+        # Arrow take, no dataframe join (a join per query cost as much CPU as a third of the encoder under load)
+        ids = searcher.index.ids
+        self._row_at = catalog.row_numbers(ids)
+        classes = np.array([""] + catalog.table["class_code"].fill_null("").to_list(), dtype=object)
+        self._class_at = classes[self._row_at + 1]
+        self._id_at = ids
         self.limit = WorkLimit(max(limits.max_inflight_pixels, searcher.max_pixels), limits.max_queue)
-        self.batcher = DynamicBatcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))),
-                                      max_batch=limits.batch_size, window_s=limits.batch_window_ms / 1000)
+        self.batcher = encoder_batcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))), searcher.device,
+                                       limits.batch_size, limits.batch_window_ms, limits.encoder_streams)
 
-    def embed_file(self, path) -> np.ndarray:
-        return self.batcher(self.searcher.pixels_of_file(path, self.limit))[None]
+    def upload_pixels(self, data: bytes) -> Callable[[], np.ndarray]:
+        """The decode of an upload, to run in a worker thread (it holds its pixels of the decode budget)."""
+        return lambda: self.searcher.pixels_of_bytes(data, limit=self.limit)
 
-    def embed_upload(self, data: bytes) -> np.ndarray:
-        return self.batcher(self.searcher.pixels_of_bytes(data, limit=self.limit))[None]
+    async def embed(self, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """[1, D]: `decode` in a worker thread, then the batched forward pass awaited without holding a thread (a
+        thread per waiting query cost a context switch each way and CPU the encoder needs on a small machine)."""
+        pixels = await run_in_threadpool(decode)
+        return (await asyncio.wrap_future(self.batcher.submit(pixels)))[None]
 
     def parse_k(self, raw: str | None) -> int:
         if raw in (None, ""):
@@ -128,12 +142,13 @@ class SearchService:
             raise SearchError(404, f"the image of drawing {drawing_id!r} is not available ({exc.reason})") from exc
         query = {"kind": "drawing", "drawing_id": drawing_id, "patent_id": row["patent_id"],
                  "class_code": row["class_code"], "thumbnail": f"/thumb/{drawing_id}"}
-        return query, lambda: self.embed_file(path)
+        return query, lambda: self.searcher.pixels_of_file(path, self.limit)
 
-    def run(self, query: dict, embed, k: int, class_code: str | None) -> Outcome:
+    async def run(self, query: dict, decode: Callable[[], np.ndarray], k: int, class_code: str | None) -> Outcome:
+        """The search behind every route: decode, embed (batched), look up; SearchError with the HTTP status."""
         started = time.perf_counter()
         try:
-            vector = embed()
+            vector = await self.embed(decode)
         except ImageTooLarge as exc:
             raise SearchError(413, f"image too large: {exc.reason}") from exc
         except UnsupportedImage as exc:
@@ -144,33 +159,75 @@ class SearchService:
         except Overloaded as exc:
             raise SearchError(503, f"the server is busy, retry in a moment ({exc})") from exc
         embedded = time.perf_counter()
-        hits, candidates, note = self._search(vector, k, class_code)
-        rows = (hits.join(self.details, on="drawing_id", how="left", maintain_order="left")
-                .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")))
-        results = [_json_row(r) for r in rows.iter_rows(named=True)]
+        positions, scores, candidates, note = self._search(vector, k, class_code)
+        results = self._results(positions, scores)
         done = time.perf_counter()
         return Outcome(query, k, class_code, results, candidates, note,
                        (embedded - started) * 1000, (done - embedded) * 1000)
 
-    def _search(self, vector: np.ndarray, k: int, class_code: str | None) -> tuple[pl.DataFrame, int, str | None]:
+    def _results(self, positions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        """The JSON rows of the hits, best first: one Arrow take over the catalog; a drawing indexed but missing from
+        the catalog is answered by its id alone."""
+        rows = self._row_at[positions]
+        known = iter(self.catalog.rows(rows[rows >= 0]))
+        return [_json_row(rank, score, next(known) if row >= 0
+                          else dict.fromkeys(CATALOG_COLUMNS) | {"drawing_id": str(self._id_at[position])})
+                for rank, (row, position, score) in enumerate(zip(rows.tolist(), positions.tolist(), scores.tolist()),
+                                                              start=1)]
+
+    def _search(self, vector: np.ndarray, k: int, class_code: str | None
+                ) -> tuple[np.ndarray, np.ndarray, int, str | None]:
+        """Index positions and scores of the top k (of `class_code` when set), the candidates searched, a note."""
         total = len(self.searcher.index)
         if class_code is None:
-            hits = self.searcher.search_vector(vector, k)
-            note = f"the index holds only {total} drawings" if hits.height < k else None
-            return hits, min(k, total), note
+            positions, scores = self.searcher.index.search_positions(vector, k)
+            found = positions[0] >= 0
+            note = f"the index holds only {total} drawings" if found.sum() < k else None
+            return positions[0][found], scores[0][found], min(k, total), note
         ceiling = min(total, self.limits.max_candidates)
         wanted = min(ceiling, max(k * self.limits.filter_factor, k))
         while True:
-            hits = self.searcher.search_vector(vector, max(wanted, 1))
-            matched = hits.filter(pl.col("class_code") == class_code)
-            if matched.height >= k or wanted >= ceiling:
+            positions, scores = self.searcher.index.search_positions(vector, max(wanted, 1))
+            positions, scores = positions[0], scores[0]
+            keep = (positions >= 0) & (self._class_at[np.maximum(positions, 0)] == class_code)
+            if keep.sum() >= k or wanted >= ceiling:
                 break
             wanted = min(ceiling, wanted * 4)
+        positions, scores = positions[keep][:k], scores[keep][:k]
         note = None
-        if matched.height < k:
+        if len(positions) < k:
             where = "in the whole index" if wanted >= total else f"among the {wanted} nearest drawings"
-            note = f"only {matched.height} of the requested {k} drawings are in class {class_code} {where}"
-        return matched.head(k), wanted, note
+            note = f"only {len(positions)} of the requested {k} drawings are in class {class_code} {where}"
+        return positions, scores, wanted, note
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+}
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response a route did not set them on (a plain ASGI middleware: Starlette's
+    `BaseHTTPMiddleware` costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
@@ -207,15 +264,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
     app.state.service = service
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                                    "base-uri 'none'; frame-ancestors 'none'")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     def retry_after(err: SearchError) -> dict[str, str] | None:
         return {"Retry-After": str(limits.retry_after_s)} if err.status == 503 else None
@@ -239,8 +288,8 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             drawing_id = params.get("drawing_id") or ""
             if not drawing_id:
                 raise SearchError(400, "choose an image to upload or a corpus drawing id")
-            query, embed = service.corpus_query(drawing_id)
-            outcome = await run_in_threadpool(service.run, query, embed, k, class_code)
+            query, decode = service.corpus_query(drawing_id)
+            outcome = await service.run(query, decode, k, class_code)
         except SearchError as err:
             return templates.TemplateResponse(request, "index.html", page_context(request, error=err.message),
                                               status_code=err.status, headers=retry_after(err))
@@ -263,11 +312,11 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             drawing_id = params.get("drawing_id")
             if not drawing_id:
                 raise SearchError(400, "pass drawing_id=..., or POST the image bytes to /api/search")
-            query, embed = service.corpus_query(drawing_id)
-            outcome = await run_in_threadpool(service.run, query, embed, k, class_code)
+            query, decode = service.corpus_query(drawing_id)
+            outcome = await service.run(query, decode, k, class_code)
         except SearchError as err:
             return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
-        return outcome.as_json()
+        return JSONResponse(outcome.as_json())  # already JSON types: no jsonable_encoder pass
 
     @app.post("/api/search")
     async def api_search_upload(request: Request):
@@ -275,14 +324,14 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
             outcome = await _upload(request)
         except SearchError as err:
             return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
-        return outcome.as_json()
+        return JSONResponse(outcome.as_json())  # already JSON types: no jsonable_encoder pass
 
     async def _upload(request: Request) -> Outcome:
         params = request.query_params
         k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
         data = await read_upload(request, limits.max_upload_bytes)
         query = {"kind": "upload", "bytes": len(data)}
-        return await run_in_threadpool(service.run, query, lambda: service.embed_upload(data), k, class_code)
+        return await service.run(query, service.upload_pixels(data), k, class_code)
 
     @app.get("/thumb/{drawing_id}")
     async def thumbnail(drawing_id: str):
@@ -297,6 +346,7 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "drawings": len(catalog), "index": len(searcher.index)}
+        return {"status": "ok", "drawings": len(catalog), "index": len(searcher.index),
+                "batches": service.batcher.batches, "batched_queries": service.batcher.items}
 
     return app

@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import io
 from pathlib import Path
+from typing import Iterable, Sequence
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
@@ -73,7 +76,9 @@ class Catalog:
         rows = hierarchy.unique("drawing_id", keep="first", maintain_order=True)
         self.table = (_titled(rows).join(_grant_dates(rows, layout), on="drawing_id", how="left", maintain_order="left")
                       .select(CATALOG_COLUMNS))
-        self._by_id = {r["drawing_id"]: r for r in self.table.iter_rows(named=True)}
+        # id -> row number, and the rows as Arrow columns: result rows are an Arrow `take`, not a dict per drawing
+        self._row_of = {drawing_id: i for i, drawing_id in enumerate(self.table["drawing_id"].to_list())}
+        self._arrow = self.table.to_arrow()
         self.thumbnail = functools.lru_cache(maxsize=4096)(self._thumbnail)
 
     @classmethod
@@ -84,15 +89,24 @@ class Catalog:
         return cls(pl.read_parquet(layout.hierarchy_path), layout, **kw)
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return len(self._row_of)
 
     def __contains__(self, drawing_id: object) -> bool:
-        return isinstance(drawing_id, str) and drawing_id in self._by_id
+        return isinstance(drawing_id, str) and drawing_id in self._row_of
 
     def get(self, drawing_id: str) -> dict | None:
         if not isinstance(drawing_id, str) or len(drawing_id) > MAX_DRAWING_ID:
             return None
-        return self._by_id.get(drawing_id)
+        row = self._row_of.get(drawing_id)
+        return None if row is None else self.rows([row])[0]
+
+    def row_numbers(self, drawing_ids: Iterable[str | None]) -> np.ndarray:
+        """int64 row number of each id in this catalog, -1 where it has none (e.g. to map index positions once)."""
+        return np.fromiter((self._row_of.get(i, -1) for i in drawing_ids), dtype=np.int64)
+
+    def rows(self, row_numbers: Sequence[int] | np.ndarray) -> list[dict]:
+        """The CATALOG_COLUMNS of the given rows (an Arrow take: microseconds for a page of results)."""
+        return self._arrow.take(pa.array(np.asarray(row_numbers, dtype=np.int64))).to_pylist()
 
     def classes(self) -> list[dict]:
         """[{class_code, class_title, drawings}] of the corpus, by code (for the class filter)."""

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="queries embedded together at most (dynamic batching; default %(default)s)")
     p.add_argument("--batch-window-ms", type=float, default=Limits.batch_window_ms,
                    help="how long a query waits for others to share its forward pass (default %(default)g ms)")
+    p.add_argument("--encoder-streams", type=int, default=Limits.encoder_streams,
+                   help="forward passes at once on a CPU, each on its share of the cores (default %(default)s)")
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -95,7 +97,8 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
                         data_root=layout.root, max_pixels=args.max_pixels)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                     max_inflight_pixels=int(args.max_inflight_mp * 1e6), max_queue=args.max_queue,
-                    batch_size=args.batch_size, batch_window_ms=args.batch_window_ms)
+                    batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
+                    encoder_streams=args.encoder_streams)
     return create_app(searcher, layout, limits=limits), model_uri if not args.model_checkpoint else args.model_checkpoint, index_dir
 
 

@@ -19,4 +19,7 @@ class Limits:
     max_queue: int = 64  # requests waiting for decode room; more are answered 503 with Retry-After
     batch_size: int = 32  # queries embedded in one forward pass at most (dynamic batching)
     batch_window_ms: float = 5.0  # how long the first query of a batch waits for others
+    # forward passes run at once on a CPU, each on its share of the cores (one batch gathers while another runs;
+    # two 1-thread streams beat one 2-thread stream by ≈ 1.5x on 2 cores: benchmarks/search_load.py)
+    encoder_streams: int = 2
     retry_after_s: int = 1

@@ -50,6 +50,7 @@ MAX_INFLIGHT_ENV = "HMPCL_SERVE_MAX_INFLIGHT_PIXELS"
 MAX_QUEUE_ENV = "HMPCL_SERVE_MAX_QUEUE"
 DEFAULT_MAX_QUEUE = 64
 BATCH_WINDOW_S = 0.005
+ENCODER_STREAMS = 2  # forward passes at once on a CPU (retrieval.search.encoder_batcher)
 SERVE_ROOT_ENV = "HMPCL_SERVE_ROOT"
 MAX_PIXELS_ENV = "HMPCL_SERVE_MAX_PIXELS"
 INPUT_COLUMNS = ("image", "path")
@@ -105,8 +106,8 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
-        from hmpcl_lib.retrieval.batching import DynamicBatcher, WorkLimit
-        from hmpcl_lib.retrieval.search import DEFAULT_MAX_PIXELS
+        from hmpcl_lib.retrieval.batching import WorkLimit
+        from hmpcl_lib.retrieval.search import DEFAULT_MAX_PIXELS, encoder_batcher
 
         config = dict(context.model_config or {})
         self.encoder = load_encoder(context.artifacts[ENCODER_ARTIFACT]).eval()  # safetensors: no code runs
@@ -119,8 +120,8 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         budget = int(config.get("max_inflight_pixels") or os.environ.get(MAX_INFLIGHT_ENV) or 2 * self.max_pixels)
         waiting = int(config.get("max_queue") or os.environ.get(MAX_QUEUE_ENV) or DEFAULT_MAX_QUEUE)
         self.limit = WorkLimit(max(budget, self.max_pixels), queue=waiting)
-        self.batcher = DynamicBatcher(self._embed, max_batch=BATCH_SIZE, window_s=BATCH_WINDOW_S,
-                                      name="hmpcl-pyfunc-batcher")
+        self.batcher = encoder_batcher(self._embed, "cpu", BATCH_SIZE, BATCH_WINDOW_S * 1000, ENCODER_STREAMS,
+                                       name="hmpcl-pyfunc-batcher")
 
     def _embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over the queries of concurrent requests (the batcher's function)."""
