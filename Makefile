@@ -8,7 +8,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export HMPCL_DATA_ROOT ?= $(CURDIR)/data
 export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
 
-.PHONY: setup run test dev mlflow search screenshots bench scale clean
+.PHONY: setup run test test-under-load dev mlflow search screenshots bench scale clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: setup
 test: setup
 	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q
+
+## The suite three times in a row beside two CPU-bound processes: proof that no test depends on timing (~30 min).
+test-under-load: setup
+	PY=$(PY) bash scripts/test_under_load.sh
 
 ## Open the Dagster UI on http://127.0.0.1:3000
 dev: setup

@@ -2,7 +2,7 @@
 
 Writes `design{YEAR}.json` (a JSON array of --records per-figure records in DeepPatent2's schema) and the
 matching USPTO weekly grant files (`ipgYYMMDD.xml`, with classification-locarno), images optional, then
-times `deeppatent2.parse_year` (and `uspto.read_lic_codes` on the XML) each in a fresh child process, so
+times `records.parse_year` (and `uspto.read_lic_codes` on the XML) each in a fresh child process, so
 that the peak RSS printed is that of the parse alone.
 
     .venv/bin/python benchmarks/parse_bench.py --records 200000
@@ -157,7 +157,7 @@ def _peak_rss_kib() -> int:
 def _measure(kind: str, root: Path, year: int, images: bool, batch_size: int) -> dict:
     """Run in the child: time one parse and report its peak RSS."""
     if kind == "drawings":
-        from hmpcl_lib.sources.deeppatent2 import parse_year
+        from hmpcl_lib.sources.records import parse_year
 
         def run():
             parsed = parse_year(root / f"design{year}.json", root if images else None, year,

@@ -12,7 +12,7 @@ Prints per phase and kind: requests, requests/s, p50/p95 ms, status counts; the 
 `hmpcl serve` process); and the bare encoder's images/s on the same pixels in memory (the ceiling) in three layouts:
 one forward pass over all cores at the clients' batch (the conventional "bare batched encoder"), and two streams of half
 the cores each (the server's default on a CPU) at that batch and at half of it. The corpus is the rendered demo
-corpus (`hmpcl_lib.serve.demo`), the model efficientnet_lite0 with its ImageNet weights, saved as a safetensors file
+corpus (`benchmarks.demo_corpus`), the model efficientnet_lite0 with its ImageNet weights, saved as a safetensors file
 the server loads with --model-checkpoint.
 
     python benchmarks/search_load.py                       # the README's table
@@ -150,7 +150,7 @@ def bare_encoder_rate(model, drawings: list[bytes], batch: int, streams: int = 1
     import torch
 
     from hmpcl_lib.modeling.pixels import eval_batch
-    from hmpcl_lib.retrieval.search import query_pixels
+    from hmpcl_lib.retrieval.query_image import query_pixels
 
     config = model.config
     decoded = [query_pixels(d, config["image_size"]) for d in drawings[:batch]]
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hmpcl_lib.modeling.models import build_encoder, save_encoder_safetensors
-    from hmpcl_lib.serve.demo import DEMO_SPEC, demo_searcher, write_demo_corpus
+    from benchmarks.demo_corpus import DEMO_SPEC, demo_searcher, write_demo_corpus
 
     print(f"$ python {' '.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])}\n"
           f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)\n", flush=True)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling_batch = min(32, args.throughput_clients)  # the largest batch the clients can form (whatever the
         # server's --batch-size: a smaller server batch does not lower the bar)
         port = free_port()
-        command = [sys.executable, "-m", "hmpcl_lib.tracking.cli", "serve", "--host", "127.0.0.1", "--port",
+        command = [sys.executable, "-m", "hmpcl_lib.cli", "serve", "--host", "127.0.0.1", "--port",
                    str(port), "--data-root", tmp, "--model-checkpoint", str(weights), "--index", str(index_dir),
                    "--batch-size", str(args.batch_size), *args.server_args.split()]
         env = {**os.environ, **({"OMP_NUM_THREADS": str(args.server_threads)} if args.server_threads else {})}

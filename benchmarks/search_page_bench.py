@@ -1,7 +1,7 @@
 """Query latency of the search page's JSON API (`POST /api/search`, an uploaded sample drawing), split into the
 encoder (the Searcher's embed step, timed inside the app) and the rest (upload, decode checks aside, index search,
 metadata join, JSON). Runs the real app in-process through FastAPI's TestClient (no network), on the rendered
-sample corpus (`hmpcl_lib.serve.demo`) indexed with the default pretrained encoder.
+sample corpus (`benchmarks.demo_corpus`) indexed with the default pretrained encoder.
 
     python benchmarks/search_page_bench.py [--queries 50] [--k 12] [--threads 2] [--image-size 128] [--class 06]
 
@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.serve.app import create_app
-from hmpcl_lib.serve.demo import DEMO_SPEC, demo_searcher, write_demo_corpus
+from benchmarks.demo_corpus import DEMO_SPEC, demo_searcher, write_demo_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

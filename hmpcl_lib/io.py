@@ -1,10 +1,11 @@
-"""Atomic file output: a reader never sees a half-written file, a crash never replaces a good one."""
+"""Atomic output: a reader never sees a half-written file or folder, a crash never replaces a good one."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temp folder beside `target`; when the block succeeds it takes `target`'s place, else it is
+    removed. An existing `target` is moved aside and removed after the swap (`replace=True`), or kept when
+    `replace=False` (another process finished the same content first: theirs is used)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists() and not replace:
+            return
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}.tmp"
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # a concurrent writer put its own target in place between the check and the rename
+            if replace or not target.exists():
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> Path:

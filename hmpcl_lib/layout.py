@@ -101,3 +101,11 @@ class DataLayout:
 
     def variant_dir(self, variant: str) -> Path:
         return self.root / "variants" / variant
+
+    @property
+    def sweeps_dir(self) -> Path:
+        return self.root / "sweeps"
+
+    @property
+    def results_db_path(self) -> Path:
+        return self.root / "results.duckdb"

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import dagster as dg
 
-from hmpcl_lib.tracking.experiment import TrainedModel
+from hmpcl_lib.experiments.runs import TrainedModel
 
 PIPES_MODULE = "pipelines.pipes_train"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from hmpcl_lib.io import markdown_table
+from hmpcl_lib.io import file_sha256, markdown_table
+
+CONTENT_DIGEST = "content_sha256"  # metadata key: SHA-256 of a written file, read back by new_drawings_sensor
 
 
 def table_metadata(df: pl.DataFrame, path: Path | None = None, preview_rows: int = 5) -> dict:
@@ -22,6 +24,13 @@ def table_metadata(df: pl.DataFrame, path: Path | None = None, preview_rows: int
     if path is not None:
         meta["path"] = dg.MetadataValue.path(str(path))
     return meta
+
+
+def content_metadata(path: Path) -> tuple[dict, dg.DataVersion]:
+    """The SHA-256 of a file as written (one streamed pass, no parsing) as metadata and as the materialization's data
+    version: with a deterministic writer, same content ⇔ same digest."""
+    digest = file_sha256(path)
+    return {CONTENT_DIGEST: dg.MetadataValue.text(digest)}, dg.DataVersion(digest)
 
 
 def counts_markdown(df: pl.DataFrame, by: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from hmpcl_lib import tracking
-from hmpcl_lib.tracking.experiment import TrainedModel, train_fingerprint, train_rows, train_tracked
+from hmpcl_lib.experiments.runs import TrainedModel, train_fingerprint, train_rows, train_tracked
 from hmpcl_lib.train.config import TrainConfig
 
 REQUIRED_EXTRAS = ("train_config", "hierarchy_path", "splits_path", "out_dir", "tracking")

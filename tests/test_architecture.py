@@ -26,7 +26,14 @@ def _lint_imports(config: Path) -> subprocess.CompletedProcess:
 
 def test_the_contracts_are_the_documented_ones():
     contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    forbidden = {c["name"]: (set(c["source_modules"]), set(c["forbidden_modules"])) for c in contracts}
+    forbidden = {c["name"]: (set(c["source_modules"]), set(c["forbidden_modules"])) for c in contracts
+                 if c["type"] == "forbidden"}
+    layers = [c["layers"] for c in contracts if c["type"] == "layers"]
+    assert len(layers) == 1 and layers[0][0] == "hmpcl_lib.cli"
+    parts = {m.strip() for layer in layers[0] for m in layer.split("|")}
+    top_level = {f"hmpcl_lib.{p.stem}" for p in (REPO / "hmpcl_lib").iterdir()
+                 if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert parts == top_level, f"every top-level part of hmpcl_lib has its layer: {sorted(parts ^ top_level)}"
     assert ({"hmpcl_lib"}, {"pipelines"}) in forbidden.values()
     assert ({"hmpcl_lib.modeling", "hmpcl_lib.train", "hmpcl_lib.retrieval.embedding",
              "hmpcl_lib.retrieval.sharded_embedding"}, {"dagster", "mlflow", "faiss"}) in forbidden.values()
@@ -48,6 +55,23 @@ def test_a_lazy_import_inside_a_function_breaks_a_contract(tmp_path):
                       'forbidden_modules = ["faiss"]\n')
     proc = _lint_imports(config)
     assert proc.returncode != 0 and "BROKEN" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_an_import_cycle_between_parts_breaks_the_layers_contract(tmp_path):
+    """A copy of the library where retrieval imports tracking (which imports retrieval): the real contracts fail."""
+    import shutil
+
+    shutil.copytree(REPO / "hmpcl_lib", tmp_path / "hmpcl_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    search = tmp_path / "hmpcl_lib" / "retrieval" / "search.py"
+    search.write_text(search.read_text() + "\n\ndef _champion():\n    from hmpcl_lib import tracking\n\n"
+                      "    return tracking.CHAMPION\n")
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    proc = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": str(tmp_path), "PATH": str(LINT_IMPORTS.parent)})
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "hmpcl_lib is layered" in proc.stdout and "BROKEN" in proc.stdout
+    assert "hmpcl_lib.retrieval.search -> hmpcl_lib.tracking" in proc.stdout
 
 
 # ---------------------------------------------------------------- docs/ARCHITECTURE.md
@@ -105,6 +129,6 @@ def test_every_path_named_in_architecture_exists():
 
 def test_every_module_named_in_architecture_exists():
     named = _named_modules()
-    assert "hmpcl_lib.retrieval.search" in named
+    assert "hmpcl_lib.cli.search" in named
     missing = sorted(m for m in named if not _resolves(m))
     assert not missing, f"docs/ARCHITECTURE.md names modules or attributes that do not exist: {missing}"

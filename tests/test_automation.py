@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
+from hmpcl_lib.io import file_sha256, write_parquet_atomic
 from pipelines.defs.schedules import retrain_schedule
+from pipelines.metadata import CONTENT_DIGEST, content_metadata
 from pipelines.defs.sensors import changed_years, new_drawings_sensor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +63,19 @@ def test_schedule_rejects_a_bad_cron_string():
 
 # ------------------------------------------------------------------------------------------------ sensor
 
-def _materialize_drawings(instance: dg.DagsterInstance, year: str, rows: int | None) -> None:
+def _write_drawings(path: Path, ids: list[str]) -> Path:
+    """A drawings-like table, written the way the pipeline writes it (deterministic Parquet, temp file + rename)."""
+    table = pa.table({"drawing_id": ids, "patent_id": [i.split("-")[0] for i in ids]})
+    return write_parquet_atomic(table, path)
+
+
+def _materialize_drawings(instance: dg.DagsterInstance, year: str, path: Path | None, rows: int | None = None) -> None:
+    """Report a `drawings` materialization of `year` with the metadata the asset records for the file at `path`
+    (None: an event without a digest, as materializations from before the digests)."""
     metadata = {} if rows is None else {"dagster/row_count": rows}
+    if path is not None:
+        content, _ = content_metadata(path)
+        metadata.update(content)
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="drawings", partition=year,
                                                                 metadata=metadata))
 
@@ -91,41 +105,74 @@ def test_sensor_skips_when_nothing_was_materialized(instance):
     assert cursor is None
 
 
-def test_sensor_first_event_then_same_count_then_changes(instance):
-    _materialize_drawings(instance, "2019", 10)
+def test_sensor_fires_on_changed_content_not_on_row_counts(instance, tmp_path):
+    f2019, f2020 = tmp_path / "2019.parquet", tmp_path / "2020.parquet"
+    _materialize_drawings(instance, "2019", _write_drawings(f2019, ["p1-1", "p1-2", "p2-1"]), rows=3)
     first, cursor = _tick(instance, None)
     assert isinstance(first, dg.RunRequest)
     assert first.tags["hmpcl/changed_years"] == "2019"
-    assert json.loads(cursor)["rows"] == {"2019": 10}
+    assert json.loads(cursor)["sha256"] == {"2019": file_sha256(f2019)}
 
     again, cursor = _tick(instance, cursor)  # no new event since the cursor
     assert isinstance(again, dg.SkipReason) and "no new drawings" in again.skip_message
 
-    _materialize_drawings(instance, "2019", 10)  # re-materialized, same rows: nothing to learn from
+    # re-parsed from the same records: the file is rewritten byte for byte, nothing to learn from
+    _materialize_drawings(instance, "2019", _write_drawings(f2019, ["p1-1", "p1-2", "p2-1"]), rows=3)
     same, cursor = _tick(instance, cursor)
-    assert isinstance(same, dg.SkipReason) and "same row counts" in same.skip_message
+    assert isinstance(same, dg.SkipReason) and "same content" in same.skip_message
 
-    _materialize_drawings(instance, "2019", 12)  # new rows in a known year
-    grown, cursor = _tick(instance, cursor)
-    assert isinstance(grown, dg.RunRequest) and grown.tags["hmpcl/changed_years"] == "2019"
+    # one drawing replaced by another: the same row count, other content
+    _materialize_drawings(instance, "2019", _write_drawings(f2019, ["p1-1", "p1-2", "p3-1"]), rows=3)
+    edited, cursor = _tick(instance, cursor)
+    assert isinstance(edited, dg.RunRequest) and edited.tags["hmpcl/changed_years"] == "2019"
+    assert json.loads(cursor)["sha256"] == {"2019": file_sha256(f2019)}
 
-    _materialize_drawings(instance, "2020", 5)  # a new year partition
+    _materialize_drawings(instance, "2020", _write_drawings(f2020, ["p9-1"]), rows=1)  # a new year partition
     new_year, cursor = _tick(instance, cursor)
     assert isinstance(new_year, dg.RunRequest) and new_year.tags["hmpcl/changed_years"] == "2020"
-    assert json.loads(cursor)["rows"] == {"2019": 12, "2020": 5}
+    assert json.loads(cursor)["sha256"] == {"2019": file_sha256(f2019), "2020": file_sha256(f2020)}
 
-    assert len({first.run_key, grown.run_key, new_year.run_key}) == 3  # distinct keys: none deduplicated away
+    assert len({first.run_key, edited.run_key, new_year.run_key}) == 3  # distinct keys: none deduplicated away
 
 
-def test_sensor_batches_several_events_into_one_request(instance):
-    _materialize_drawings(instance, "2018", 3)
+def test_sensor_batches_several_events_into_one_request(instance, tmp_path):
+    _materialize_drawings(instance, "2018", _write_drawings(tmp_path / "2018.parquet", ["a-1"]))
     _, cursor = _tick(instance, None)
-    for year, rows in [("2018", 3), ("2019", 7), ("2020", 1), ("2020", 2)]:
-        _materialize_drawings(instance, year, rows)
+    for year, ids in [("2018", ["a-1"]), ("2019", ["b-1"]), ("2020", ["c-1"]), ("2020", ["c-2"])]:
+        _materialize_drawings(instance, year, _write_drawings(tmp_path / f"{year}.parquet", ids))
     result, cursor = _tick(instance, cursor)
     assert isinstance(result, dg.RunRequest)
     assert result.tags["hmpcl/changed_years"] == "2019,2020"
-    assert json.loads(cursor)["rows"] == {"2018": 3, "2019": 7, "2020": 2}
+    assert json.loads(cursor)["sha256"] == {y: file_sha256(tmp_path / f"{y}.parquet") for y in ("2018", "2019", "2020")}
+
+
+def test_sensor_treats_an_event_without_a_digest_as_changed(instance, tmp_path):
+    path = _write_drawings(tmp_path / "2019.parquet", ["a-1"])
+    _materialize_drawings(instance, "2019", path)
+    _, cursor = _tick(instance, None)
+    _materialize_drawings(instance, "2019", None, rows=1)  # cannot tell what it wrote: retrain rather than miss it
+    unknown, cursor = _tick(instance, cursor)
+    assert isinstance(unknown, dg.RunRequest) and unknown.tags["hmpcl/changed_years"] == "2019"
+    _materialize_drawings(instance, "2019", path)  # a digest again, but nothing known to compare it with
+    after_unknown, cursor = _tick(instance, cursor)
+    assert isinstance(after_unknown, dg.RunRequest)
+    _materialize_drawings(instance, "2019", path)
+    same, _ = _tick(instance, cursor)
+    assert isinstance(same, dg.SkipReason)
+
+
+def test_sensor_reads_a_row_count_cursor_from_before_the_digests(instance, tmp_path):
+    """An old cursor keeps its position in the event log (old events are not read again); each year's next
+    materialization counts as changed once."""
+    _materialize_drawings(instance, "2019", None, rows=10)
+    _, new_cursor = _tick(instance, None)
+    old_cursor = json.dumps({"after": json.loads(new_cursor)["after"], "rows": {"2019": 10}})
+    nothing, _ = _tick(instance, old_cursor)
+    assert isinstance(nothing, dg.SkipReason) and "no new drawings" in nothing.skip_message
+    _materialize_drawings(instance, "2019", _write_drawings(tmp_path / "2019.parquet", ["a-1"]), rows=10)
+    result, cursor = _tick(instance, old_cursor)
+    assert isinstance(result, dg.RunRequest) and result.tags["hmpcl/changed_years"] == "2019"
+    assert set(json.loads(cursor)) == {"after", "sha256"}
 
 
 def test_sensor_ignores_other_assets(instance):
@@ -135,29 +182,60 @@ def test_sensor_ignores_other_assets(instance):
     assert isinstance(result, dg.SkipReason)
 
 
-def test_sensor_tick_through_the_framework_keeps_the_cursor(instance):
+def test_sensor_tick_through_the_framework_keeps_the_cursor(instance, tmp_path):
     """evaluate_tick is what the daemon calls: the run request and the cursor come back together."""
-    _materialize_drawings(instance, "2019", 10)
+    _materialize_drawings(instance, "2019", _write_drawings(tmp_path / "2019.parquet", ["a-1"]))
     data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
     assert len(data.run_requests) == 1 and data.run_requests[0].tags["hmpcl/changed_years"] == "2019"
     data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=data.cursor))
     assert data.run_requests == [] and data.skip_message
 
 
+def test_drawings_asset_records_the_digest_the_sensor_compares(instance, tmp_path):
+    """Through the real asset on a tiny generated year: the metadata and the data version are the SHA-256 of the
+    Parquet file it wrote, and re-materializing from the same archive writes the same bytes, so the sensor skips."""
+    from pipelines.defs.assets.data import drawings, raw_archives
+    from pipelines.defs.resources import DataStore
+
+    store = DataStore(root=str(tmp_path / "data"), source="sample", sample_n_classes=2, sample_subclasses_per_class=1,
+                      sample_patents_per_subclass=2, sample_views_min=1, sample_views_max=2, sample_image_size=32,
+                      max_bad_fraction=0.5)  # the generator plants a bad record or two; a tiny year is mostly them
+    year = str(store.sample_years[0])
+
+    def materialize():
+        result = dg.materialize([raw_archives, drawings], partition_key=year, resources={"store": store},
+                                instance=instance)
+        assert result.success
+        event = [m for m in result.asset_materializations_for_node("drawings")][0]
+        return event
+
+    event = materialize()
+    digest = file_sha256(store.layout.drawings_path(int(year)))
+    assert event.metadata[CONTENT_DIGEST].value == digest
+    assert event.tags["dagster/data_version"] == digest
+    first, cursor = _tick(instance, None)
+    assert isinstance(first, dg.RunRequest) and json.loads(cursor)["sha256"] == {year: digest}
+    materialize()
+    again, _ = _tick(instance, cursor)
+    assert isinstance(again, dg.SkipReason) and "same content" in again.skip_message
+
+
 @pytest.mark.parametrize(
-    ("known", "events", "changed", "counts"),
+    ("known", "events", "changed", "digests"),
     [
         ({}, [], [], {}),
-        ({}, [("2019", 10)], ["2019"], {"2019": 10}),
-        ({"2019": 10}, [("2019", 10)], [], {"2019": 10}),
-        ({"2019": 10}, [("2019", 8)], ["2019"], {"2019": 8}),  # fewer rows is a change too
-        ({"2019": 10}, [("2020", 1), ("2019", 11), ("2020", 2)], ["2019", "2020"], {"2019": 11, "2020": 2}),
-        ({"2019": 10}, [("2019", 11), ("2019", 10)], ["2019"], {"2019": 10}),  # changed within the batch
+        ({}, [("2019", "a")], ["2019"], {"2019": "a"}),
+        ({"2019": "a"}, [("2019", "a")], [], {"2019": "a"}),
+        ({"2019": "a"}, [("2019", "b")], ["2019"], {"2019": "b"}),
+        ({"2019": "a"}, [("2020", "x"), ("2019", "b"), ("2020", "y")], ["2019", "2020"], {"2019": "b", "2020": "y"}),
+        ({"2019": "a"}, [("2019", "b"), ("2019", "a")], ["2019"], {"2019": "a"}),  # changed within the batch
+        ({"2019": "a"}, [("2019", None)], ["2019"], {"2019": None}),  # no digest: cannot tell, so changed
+        ({"2019": None}, [("2019", "a")], ["2019"], {"2019": "a"}),
     ],
 )
-def test_changed_years(known, events, changed, counts):
+def test_changed_years(known, events, changed, digests):
     before = dict(known)
-    assert changed_years(known, events) == (changed, counts)
+    assert changed_years(known, events) == (changed, digests)
     assert known == before  # the caller's state is not mutated
 
 

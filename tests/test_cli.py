@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -12,16 +13,22 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from hmpcl_lib import tracking  # noqa: E402
-from hmpcl_lib.tracking import cli  # noqa: E402
+from hmpcl_lib import cli  # noqa: E402
 
 MODEL = "hmpcl-encoder"
 
 
+# "last runs" is ordered by start time: each run gets its own explicit start time, one second after the previous
+# one, instead of relying on the clock moving between two runs
+_START_MS = itertools.count(int(time.time() * 1000) - 3_600_000, 1000)
+
+
 def _log_run(name: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
-    with mlflow.start_run(run_name=name, tags=tags or {}) as run:
+    created = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name("hmpcl").experiment_id,
+                                               start_time=next(_START_MS), tags=tags or {}, run_name=name)
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-    time.sleep(0.01)  # distinct start times: "last runs" is ordered by start time
     return run.info.run_id
 
 
@@ -187,7 +194,7 @@ def test_render_table_aligns_text_left_numbers_right():
 
 
 def test_module_entry_point(store):
-    proc = subprocess.run([sys.executable, "-m", "hmpcl_lib.tracking.cli", "metrics", "--last", "1",
+    proc = subprocess.run([sys.executable, "-m", "hmpcl_lib.cli", "metrics", "--last", "1",
                            "--tracking-uri", store["uri"]], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr

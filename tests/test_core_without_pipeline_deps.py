@@ -1,5 +1,5 @@
-"""The training/embedding core must run where only torch + timm exist (e.g. a bare GPU box): no dagster, mlflow,
-faiss or polars-only paths at import time."""
+"""The training/embedding core must run on a bare GPU box (torch, timm, numpy, Pillow, pyarrow, polars; see
+docs/ARCHITECTURE.md): no dagster, mlflow or faiss, at import time or later."""
 
 import subprocess
 import sys

@@ -12,7 +12,6 @@ import random
 import re
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,7 +43,7 @@ class Faults:
     statuses: list[int] = field(default_factory=list)  # answer these statuses first, one per request
     drop_after: list[int] = field(default_factory=list)  # announce the full length, send N bytes, hang up
     wrong_bytes: int = 0  # serve corrupted bytes this many times
-    stall_s: list[float] = field(default_factory=list)  # sleep before answering (timeouts)
+    hold: list[threading.Event] = field(default_factory=list)  # answer only once the test sets the event (timeouts)
     honour_range: bool = True
 
 
@@ -90,8 +89,8 @@ def _handler(state: FakeDataverse):
             if path not in state.files:
                 return self._send(404, b"not found")
             data, faults = state.files[path], state.faults[path]
-            if faults.stall_s:
-                time.sleep(faults.stall_s.pop(0))
+            if faults.hold:
+                faults.hold.pop(0).wait(60)  # the client has timed out and hung up long before the test sets it
             if faults.statuses:
                 return self._send(faults.statuses.pop(0), b"try later")
             if faults.wrong_bytes:
@@ -285,9 +284,17 @@ def test_5xx_forever_gives_up(server, tmp_path):
 
 
 def test_timeout_is_retried(server, tmp_path):
-    path = server.add(7, PAYLOAD, Faults(stall_s=[1.0]))
-    dest = download_file(server.base_url + path, tmp_path / "f", len(PAYLOAD), backoff=0.001, timeout=0.3)
+    """The first request is never answered while the client waits (held on an event, not a sleep that a slow client
+    could outlast), so the timeout must fire and the retry must fetch the file; the answered retries have a timeout
+    generous enough for a loaded machine."""
+    never = threading.Event()
+    path = server.add(7, PAYLOAD, Faults(hold=[never]))
+    try:
+        dest = download_file(server.base_url + path, tmp_path / "f", len(PAYLOAD), backoff=0.001, timeout=1.0)
+    finally:
+        never.set()  # let the held handler thread finish
     assert dest.read_bytes() == PAYLOAD
+    assert len(server.requests_for(path)) >= 2  # the held request timed out and was retried
 
 
 def test_verified_dest_is_skipped_and_corrupt_dest_replaced(server, tmp_path):

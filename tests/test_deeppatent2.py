@@ -16,21 +16,23 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from hmpcl_lib import schemas
-from hmpcl_lib.sources.deeppatent2 import (
+from hmpcl_lib.sources.archives import (
     EXTRACTED_MARKER,
-    PatentId,
-    RawRecord,
     extract_parts,
     extract_year,
     find_records_files,
+    reassemble_parts,
+)
+from hmpcl_lib.sources.deeppatent2 import year_parts
+from hmpcl_lib.sources.records import (
+    PatentId,
+    RawRecord,
     iter_design_records,
     parse_design_record,
     parse_patent_id,
     parse_year,
     png_index,
     reason_counts,
-    reassemble_parts,
-    year_parts,
 )
 from hmpcl_lib.errors import InputError
 

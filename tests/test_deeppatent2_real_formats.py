@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from hmpcl_lib.sources import deeppatent2 as dp
+from hmpcl_lib.sources import archives, deeppatent2 as dp
+from hmpcl_lib.sources.records import parse_design_record, parse_year, reason_counts
 from hmpcl_lib import schemas
 from hmpcl_lib.errors import InputError
 from test_deeppatent2 import _split as split, _tar_bytes as tar_bytes  # the same part and tar writers
@@ -105,15 +106,15 @@ def year_paths(root: Path, year: int) -> Paths:
 def test_split_zip_year_builds_drawings(tmp_path, inner):
     paths = year_paths(tmp_path, 2019)
     parts = split(zip_year(RECORDS_2019, inner), paths.raw, 2019)
-    assert dp.detect_format(parts) == "zip"  # judged from the parts, without joining them
+    assert archives.detect_format(parts) == "zip"  # judged from the parts, without joining them
     extracted, parsed = dp.build_year(2019, *paths)
 
     assert extracted.archive_format == "zip"
     assert extracted.inner == {f"Segmented.{inner}": inner, f"Original.{inner}": inner}
     assert extracted.records == (paths.extracted / "design2019.json",)
     assert sorted(p.name for p in paths.extracted.iterdir()) == [
-        dp.EXTRACTED_MARKER, "Original", "Segmented", "design2019.json"]  # inner archives consumed
-    assert sorted(p.name for p in paths.raw.iterdir()) == [dp.YEAR_LOCK, "2019.aa", "2019.ab", "2019.ac"]
+        archives.EXTRACTED_MARKER, "Original", "Segmented", "design2019.json"]  # inner archives consumed
+    assert sorted(p.name for p in paths.raw.iterdir()) == [archives.YEAR_LOCK, "2019.aa", "2019.ab", "2019.ac"]
 
     table = pq.read_table(paths.drawings)
     assert table.schema == schemas.DRAWINGS and table.num_rows == 4
@@ -189,7 +190,7 @@ def test_two_records_files_exact_and_conflicting_duplicates(tmp_path):
     ],
 )
 def test_numeric_labels_and_classifications(overrides, expected):
-    row = dp.parse_design_record({**record(A, 1, 1), **overrides}, 2019)
+    row = parse_design_record({**record(A, 1, 1), **overrides}, 2019)
     assert {k: row[k] for k in expected} == expected
     assert all(type(row[k]) in (float, type(None)) for k in ("W_label", "H_label", "L_label", "T_label"))
 
@@ -209,7 +210,7 @@ def test_numeric_labels_and_classifications(overrides, expected):
 def test_bad_label_or_code_goes_to_quarantine_naming_the_field(tmp_path, overrides, reason):
     path = tmp_path / "design2019.json"
     path.write_bytes(json_bytes([record(A, 1, 1, rid=1), {**record(A, 2, 2, rid=2), **overrides}]))
-    parsed = dp.parse_year(path, None, 2019, max_bad_fraction=1.0, require_images=False)
+    parsed = parse_year(path, None, 2019, max_bad_fraction=1.0, require_images=False)
     assert parsed.drawings.num_rows == 1
     assert parsed.quarantine.to_pylist() == [{"source": str(path), "record": "2", "reason": reason, "stage": "parse"}]
 
@@ -223,8 +224,8 @@ def test_sample_corpus_year_is_accepted(tmp_path):
     paths = year_paths(tmp_path, 2019)
     write_sample_year(spec, 2019, paths.raw)
     extracted, parsed = dp.build_year(2019, *paths, max_bad_fraction=1.0)
-    assert extracted.archive_format == dp.detect_format(dp.year_parts(paths.raw, 2019))
-    reasons = dp.reason_counts(parsed.quarantine)
+    assert extracted.archive_format == archives.detect_format(dp.year_parts(paths.raw, 2019))
+    reasons = reason_counts(parsed.quarantine)
     assert not {"bad number", "bad classification_locarno"} & set(reasons), reasons
     assert parsed.drawings.num_rows > 0 and parsed.drawings.column("W_label").null_count == 0
 
@@ -248,12 +249,12 @@ def test_detect_format_by_bytes(tmp_path):
     for expected, data in cases.items():
         path = tmp_path / "archive.bin"  # the name says nothing: only the bytes count
         path.write_bytes(data)
-        assert dp.detect_format(path) == expected
+        assert archives.detect_format(path) == expected
     path.write_bytes(b"#!/bin/sh\nexit 0\n" + cases["zip"])  # data in front of a zip (self-extracting style)
-    assert dp.detect_format(path) == "zip"
+    assert archives.detect_format(path) == "zip"
     gz = gzip.compress(tar)
     path.write_bytes(gz[:12])
-    assert dp.detect_format(path).startswith("gz (truncated or corrupt")
+    assert archives.detect_format(path).startswith("gz (truncated or corrupt")
 
 
 @pytest.mark.parametrize(
@@ -279,10 +280,10 @@ def test_truncated_zip(tmp_path):
     data = zip_year(RECORDS_2019)
     archive = tmp_path / "2019.zip"
     archive.write_bytes(data[: len(data) - 200])  # the central directory is gone
-    assert dp.detect_format(archive) == "zip"
+    assert archives.detect_format(archive) == "zip"
     out = tmp_path / "extracted" / "2019"
     with pytest.raises(InputError, match=rf"file {archive}: cannot extract zip archive \(truncated or corrupt\)"):
-        dp.extract_year(archive, out)
+        archives.extract_year(archive, out)
     assert list(out.parent.iterdir()) == []
 
 
@@ -301,7 +302,7 @@ def test_unsafe_zip_refused_and_nothing_extracted(tmp_path, members, symlinks, w
     archive.write_bytes(zip_bytes(members, symlinks))
     out = tmp_path / "sub" / "extracted" / "2019"
     with pytest.raises(InputError, match=rf"{archive}: unsafe archive member refused: .*{why}"):
-        dp.extract_year(archive, out)
+        archives.extract_year(archive, out)
     assert list(out.parent.iterdir()) == []  # not even the design JSON that came before it
     assert not list(tmp_path.rglob("evil.txt")) and not (tmp_path / "outside").exists()
 
@@ -311,7 +312,7 @@ def test_unsafe_member_of_inner_archive_refused(tmp_path):
     inner = tar_bytes({"Segmented/ok.png": png(), "../../../escaped.png": png()})
     archive.write_bytes(zip_bytes({"design2019.json": b"[]", "Segmented.tar.gz": inner}))
     with pytest.raises(InputError, match=r"Segmented\.tar\.gz: unsafe archive member refused"):
-        dp.extract_year(archive, tmp_path / "extracted" / "2019")
+        archives.extract_year(archive, tmp_path / "extracted" / "2019")
     assert not list(tmp_path.rglob("escaped.png")) and list((tmp_path / "extracted").iterdir()) == []
 
 
@@ -324,7 +325,7 @@ def test_deflate64_zip_is_a_clear_error(tmp_path):
     archive = tmp_path / "2019.zip"
     archive.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"2019\.zip: zip member 'design2019\.json' is compressed with Deflate64"):
-        dp.extract_year(archive, tmp_path / "out")
+        archives.extract_year(archive, tmp_path / "out")
 
 
 @pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
@@ -332,12 +333,12 @@ def test_size_bounded_by_free_disk(tmp_path, monkeypatch, fmt):
     members = {"design2019.json": b"[]", "Segmented/a.png": bytes(50_000)}
     archive = tmp_path / "2019.archive"
     archive.write_bytes(zip_bytes(members) if fmt == "zip" else tar_bytes(members))
-    real = dp.shutil.disk_usage
-    monkeypatch.setattr(dp.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000))
+    real = archives.shutil.disk_usage
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000))
     # a zip lists what it unpacks to: refused before any folder is made; a tar only says so member by member
     with pytest.raises(InputError, match=r"not enough free disk for (extracting|unpacking the tar\.gz archive) "
                                          r".*2019\.archive.*\(10,000 bytes\) are free"):
-        dp.extract_year(archive, tmp_path / "extracted" / "2019")
+        archives.extract_year(archive, tmp_path / "extracted" / "2019")
     assert not (tmp_path / "extracted").exists() or list((tmp_path / "extracted").iterdir()) == []
 
 
@@ -370,7 +371,7 @@ def test_two_processes_build_the_same_year(tmp_path):
 
 LOCK_CHILD = textwrap.dedent("""
     import sys, time
-    from hmpcl_lib.sources.deeppatent2 import year_lock
+    from hmpcl_lib.sources.archives import year_lock
     try:
         with year_lock(sys.argv[1], timeout=float(sys.argv[2])):
             print("locked", flush=True)
@@ -387,8 +388,8 @@ def _child(folder: Path, timeout: float, hold: float) -> subprocess.Popen:
 
 def test_year_lock_excludes_another_process_and_dies_with_its_holder(tmp_path):
     folder = tmp_path / "raw" / "2019"
-    with dp.year_lock(folder) as lock:
-        assert lock == folder / dp.YEAR_LOCK
+    with archives.year_lock(folder) as lock:
+        assert lock == folder / archives.YEAR_LOCK
         out, _ = _child(folder, 0.3, 0).communicate(timeout=60)
         assert out.startswith("timeout:") and str(lock) in out
     out, _ = _child(folder, 5, 0).communicate(timeout=60)
@@ -398,8 +399,8 @@ def test_year_lock_excludes_another_process_and_dies_with_its_holder(tmp_path):
     assert holder.stdout.readline() == "locked\n"
     holder.kill()
     holder.wait(timeout=60)
-    with dp.year_lock(folder, timeout=5):  # the OS released it with the process
+    with archives.year_lock(folder, timeout=5):  # the OS released it with the process
         pass
     with pytest.raises(TimeoutError):  # and it is not reentrant: a second take in one process waits
-        with dp.year_lock(folder), dp.year_lock(folder, timeout=0.1):
+        with archives.year_lock(folder), archives.year_lock(folder, timeout=0.1):
             pass

@@ -25,7 +25,7 @@ from hmpcl_lib.retrieval.embedding import embeddings_table, write_embeddings
 from hmpcl_lib.retrieval.index import VectorIndex
 from hmpcl_lib.sources import dataverse
 from hmpcl_lib.sources.dataverse import DataverseFile, download_year
-from hmpcl_lib.sources.deeppatent2 import extract_parts, extract_year
+from hmpcl_lib.sources.archives import extract_parts, extract_year
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

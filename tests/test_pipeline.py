@@ -164,7 +164,7 @@ def test_rematerializing_data_gives_identical_files(env):
 
 
 def test_search_cli_finds_the_champions_index(env, monkeypatch, capsys):
-    from hmpcl_lib.retrieval.search import main
+    from hmpcl_lib.cli.search import main
 
     store, cfg = env["store"], env["tracking"].config
     monkeypatch.setenv("HMPCL_DATA_ROOT", str(store.base))

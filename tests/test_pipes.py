@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import yaml
 
-from hmpcl_lib.tracking.experiment import TrainedModel
+from hmpcl_lib.experiments.runs import TrainedModel
 from hmpcl_lib.train.config import TrainConfig
 from pipelines import launchers
 from pipelines.defs.assets.data import drawings, lic_codes, lic_hierarchy, raw_archives, splits

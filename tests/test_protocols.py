@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from hmpcl_lib.tracking import sweep
+from hmpcl_lib.experiments import sweep
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap, per_query_metrics

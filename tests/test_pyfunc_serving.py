@@ -124,7 +124,8 @@ def test_the_champion_is_pickle_free_and_predicts_like_the_library(store, no_unp
 
 def test_a_model_logged_the_old_way_is_refused_and_relogged_without_retraining(store, tmp_path, monkeypatch, capsys):
     """The old layout: a cloudpickled PythonModel whose `encoder` artifact is a torch.save'd state dict."""
-    from hmpcl_lib.tracking import cli, pyfunc
+    from hmpcl_lib import cli
+    from hmpcl_lib.tracking import pyfunc
 
     cfg = store["cfg"]
     name = "hmpcl-legacy"
@@ -225,7 +226,7 @@ def test_mlflow_models_serve_answers_invocations(store, tmp_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # the server imports torch and loads the model: slow on a busy machine
         while True:
             assert proc.poll() is None, f"mlflow models serve exited:\n{(tmp_path / 'serve.log').read_text()[-4000:]}"
             try:

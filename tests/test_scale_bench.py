@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from hmpcl_lib.sources import dataverse, deeppatent2, uspto
+from hmpcl_lib.sources import archives, dataverse, deeppatent2, uspto
 from hmpcl_lib.taxonomy import hierarchy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_bench.py"
@@ -37,7 +37,7 @@ def test_corpus_downloads_extracts_and_parses_into_n_labelled_drawings(scale, tm
         for year in years:
             raw = tmp_path / "data" / "raw" / str(year)
             parts = dataverse.download_year(year, raw, base_url=server.url, doi=scale.DOI)
-            assert deeppatent2.detect_format(parts) == "zip"  # what DeepPatent2's joined parts are
+            assert archives.detect_format(parts) == "zip"  # what DeepPatent2's joined parts are
             _, parsed = deeppatent2.build_year(year, raw, tmp_path / "data" / "extracted" / str(year),
                                                tmp_path / f"{year}.parquet", tmp_path / f"{year}.q.parquet")
             assert parsed.quarantine.num_rows == 0

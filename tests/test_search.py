@@ -19,7 +19,9 @@ from hmpcl_lib.errors import InputError
 from hmpcl_lib.retrieval.index import VectorIndex
 from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.retrieval.plots import results_grid_png
-from hmpcl_lib.retrieval.search import RESULT_COLUMNS, Searcher, main, open_query_image
+from hmpcl_lib.cli.search import main
+from hmpcl_lib.retrieval.query_image import open_query_image
+from hmpcl_lib.retrieval.search import RESULT_COLUMNS, Searcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,7 +169,7 @@ def test_python_dash_m_entry_point(corpus, tmp_path):
     torch.save({"encoder_config": model.config, "model": model.state_dict()}, checkpoint)
     hierarchy.write_parquet(tmp_path / "h.parquet")
     done = subprocess.run(
-        [sys.executable, "-m", "hmpcl_lib.retrieval.search", "--image", hierarchy["image_path"][0], "-k", "2",
+        [sys.executable, "-m", "hmpcl_lib.cli.search", "--image", hierarchy["image_path"][0], "-k", "2",
          "--model-checkpoint", str(checkpoint), "--index", str(index.save(tmp_path / "idx")),
          "--hierarchy", str(tmp_path / "h.parquet"), "--data-root", str(root)],
         cwd=REPO, capture_output=True, text=True, timeout=120,

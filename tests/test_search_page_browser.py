@@ -22,7 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.serve.app import create_app
-from hmpcl_lib.serve.demo import DEMO_SPEC, demo_searcher, write_demo_corpus
+from benchmarks.demo_corpus import DEMO_SPEC, demo_searcher, write_demo_corpus
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +32,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 K = 6
+# every `expect` polls its condition up to 60 s (Playwright's default is 5 s): the first search embeds on the CPU,
+# and on a loaded machine that is slower, not wrong
+expect.set_options(timeout=60_000)
 
 
 def free_port() -> int:
@@ -65,7 +68,7 @@ def server(tmp_path_factory):
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not uv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.1)
@@ -79,7 +82,7 @@ def server(tmp_path_factory):
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(60_000)
     yield context.new_page()
     context.close()
 

@@ -17,11 +17,11 @@ from PIL import Image
 
 from hmpcl_lib.errors import HmpclError
 from hmpcl_lib.modeling.models import build_encoder
-from hmpcl_lib.retrieval import search as search_module
+from hmpcl_lib.retrieval import query_image, search as search_module
 from hmpcl_lib.sample import SampleSpec
-from hmpcl_lib.serve import cli as serve_cli
+from hmpcl_lib.cli import serve as serve_cli
 from hmpcl_lib.serve.app import Limits, create_app
-from hmpcl_lib.serve.demo import demo_searcher, write_demo_corpus
+from benchmarks.demo_corpus import demo_searcher, write_demo_corpus
 
 SPEC = SampleSpec(years=(2019,), n_classes=3, subclasses_per_class=2, patents_per_subclass=1, views=(3, 3),
                   image_size=64, faults=False)  # 3 classes x 2 subclasses x 1 patent x 3 views = 18 drawings
@@ -238,11 +238,11 @@ def test_host_check():
         with pytest.raises(HmpclError, match="--allow-remote"):
             serve_cli.check_host(host, allow_remote=False)
         serve_cli.check_host(host, allow_remote=True)
-    assert serve_cli.DEFAULT_MAX_PIXELS == search_module.DEFAULT_MAX_PIXELS
+    assert serve_cli.DEFAULT_MAX_PIXELS is query_image.DEFAULT_MAX_PIXELS  # one definition
 
 
 def test_hmpcl_serve_refuses_remote_hosts_and_says_to_run_make_run(tmp_path, capsys, monkeypatch):
-    from hmpcl_lib.tracking.cli import main
+    from hmpcl_lib.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--host", "0.0.0.0", "--data-root", str(tmp_path)]) == 1
@@ -252,7 +252,7 @@ def test_hmpcl_serve_refuses_remote_hosts_and_says_to_run_make_run(tmp_path, cap
 
 
 def test_hmpcl_serve_startup_errors_with_a_corpus(corpus, tmp_path, capsys):
-    from hmpcl_lib.tracking.cli import main
+    from hmpcl_lib.cli import main
 
     layout, searcher, _ = corpus
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -6,8 +6,8 @@ import mlflow
 import polars as pl
 import pytest
 
-from hmpcl_lib.tracking import cli
-from hmpcl_lib.tracking import sweep
+from hmpcl_lib import cli
+from hmpcl_lib.experiments import sweep
 from test_training import make_drawing_table
 
 TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epochs=1", "steps_per_epoch=2",
@@ -66,3 +66,12 @@ def test_sweep_refuses_unknown_variants_and_missing_data(tmp_path, capsys):
     assert "unknown variant" in capsys.readouterr().err
     assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "level", "--no-mlflow"]) == 1
     assert "make run" in capsys.readouterr().err
+
+
+def test_the_sweep_and_the_comparison_share_one_variant_registry(tmp_path, capsys):
+    from hmpcl_lib.experiments import variants
+
+    assert set(variants.COMPARISON) <= set(variants.VARIANTS) and set(variants.SWEEP) <= set(variants.TRAINED)
+    assert variants.VARIANTS["pretrained"] is None and "pretrained" not in variants.TRAINED
+    assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "pretrained", "--no-mlflow"]) == 1
+    assert "unknown variant(s) ['pretrained'] for a sweep" in capsys.readouterr().err

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 from hmpcl_lib import tracking  # noqa: E402
 from hmpcl_lib.io import file_sha256  # noqa: E402
-from hmpcl_lib.tracking.experiment import train_tracked  # noqa: E402
+from hmpcl_lib.experiments.runs import train_tracked  # noqa: E402
 
 
 @pytest.fixture

@@ -173,7 +173,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tmp_path, drawing_table
     assert math.isclose(step_metrics[0]["temperature"], 0.07, rel_tol=1e-6)
     assert [s for s, m in seen if "epoch_loss" in m] == [5, 10]
 
-    ckpt = torch.load(result.checkpoint_path, weights_only=False)
+    ckpt = torch.load(result.checkpoint_path, weights_only=True)  # checkpoints hold no pickled objects
     assert result.checkpoint_path == tmp_path / "checkpoints" / "last.pt"
     assert (ckpt["epoch"], ckpt["batches_done"], ckpt["step"]) == (2, 0, 10)
     exported = load_encoder(tmp_path / "encoder.pt")
@@ -212,7 +212,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     config = tiny_config(epochs=1, steps_per_epoch=6, checkpoint_every_steps=2)
     with pytest.raises(TrainingDivergedError, match=r"diverged at step 4: loss = nan; last good checkpoint kept at .*last\.pt"):
         train(config, drawing_table, tmp_path)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)  # checkpoints hold no pickled objects
     assert ckpt["step"] == 2 and ckpt["batches_done"] == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_epoch_boundary_resume_gives_the_same_loss_curve(drawing_table, tmp_path
     with pytest.raises(Crash):  # crash right after epoch 1's checkpoint (step 4 = end of epoch 0)
         train(tiny_config(), drawing_table, tmp_path, on_metrics=lambda s, m: (_ for _ in ()).throw(Crash())
               if "epoch_loss" in m else None)
-    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)  # checkpoints hold no pickled objects["step"] == 4
     resumed = train(tiny_config(), drawing_table, tmp_path)
     assert losses(resumed.history) == losses(uninterrupted.history)
     assert [h["epoch_loss"] for h in resumed.history if "epoch_loss" in h] == \
@@ -59,7 +60,7 @@ def test_mid_epoch_resume_gives_the_same_loss_curve(drawing_table, tmp_path, uni
     config = tiny_config(checkpoint_every_steps=3)
     with pytest.raises(Crash):  # dies at step 7: the checkpoint of step 6 (epoch 1, batch 2) is the last one
         train(config, drawing_table, tmp_path, on_metrics=crash_at(7))
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)  # checkpoints hold no pickled objects
     assert (ckpt["epoch"], ckpt["batches_done"], ckpt["step"]) == (1, 2, 6)
     resumed = train(config, drawing_table, tmp_path)
     assert losses(resumed.history) == losses(uninterrupted.history)
@@ -67,31 +68,62 @@ def test_mid_epoch_resume_gives_the_same_loss_curve(drawing_table, tmp_path, uni
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
 
 
+# The CLI, with one test-only change: right after the first mid-epoch checkpoint is durable it writes a marker file
+# and then waits forever. So the SIGKILL lands after that checkpoint and before the run could go on, however slow or
+# fast the machine is (polling for last.pt alone could kill too late: at the epoch-end checkpoint or after the end).
+HOLD_AFTER_FIRST_MID_EPOCH_CHECKPOINT = textwrap.dedent("""
+    import pathlib, sys, threading
+    from hmpcl_lib.train import cli, loop
+
+    marker = pathlib.Path(sys.argv[1])
+    real_save = loop._save_everywhere
+
+    def save_then_hold(save, state, epoch, batches_done):
+        real_save(save, state, epoch, batches_done)
+        if batches_done:  # mid-epoch: the checkpoint is on disk (atomic write); now wait for the kill
+            marker.write_text(str(state.step))
+            threading.Event().wait()
+
+    loop._save_everywhere = save_then_hold
+    sys.exit(cli.main(sys.argv[2:]))
+""")
+
+
 def test_kill_9_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(drawing_table, tmp_path, uninterrupted):
     table_path = tmp_path / "table.parquet"
     drawing_table.write_parquet(table_path)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hmpcl_lib.train.cli", "--table", str(table_path), "--out", str(out),
-           "--weights", "none", "--embed-dim", "32", "--image-size", "64", "--batch-size", "16", "--epochs", "2",
-           "--steps-per-epoch", "4", "--lr", "0.001", "--warmup-steps", "1", "--num-workers", "0",
-           "--log-every", "1", "--seed", "0", "--checkpoint-every-steps", "3"]
+    args = ["--table", str(table_path), "--out", str(out),
+            "--weights", "none", "--embed-dim", "32", "--image-size", "64", "--batch-size", "16", "--epochs", "2",
+            "--steps-per-epoch", "4", "--lr", "0.001", "--warmup-steps", "1", "--num-workers", "0",
+            "--log-every", "1", "--seed", "0", "--checkpoint-every-steps", "3"]
+    cmd = [sys.executable, "-m", "hmpcl_lib.train.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ckpt_path = out / "checkpoints" / "last.pt"
+    marker, log_path = tmp_path / "checkpointed", tmp_path / "killed_run.log"
 
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not ckpt_path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    output = proc.communicate()[0].decode()
-    assert ckpt_path.exists(), output
-    killed_at = torch.load(ckpt_path, weights_only=False)
-    assert killed_at["step"] in (3, 6) and killed_at["batches_done"] != 0, "killed too late for a mid-epoch resume"
+    with open(log_path, "wb") as log:  # a file, not a pipe nobody reads while we wait: the child never blocks on it
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_AFTER_FIRST_MID_EPOCH_CHECKPOINT, str(marker), *args],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not marker.exists():
+                assert proc.poll() is None, f"exited with {proc.returncode} before a mid-epoch checkpoint:\n" \
+                                            f"{log_path.read_text(errors='replace')[-3000:]}"
+                assert time.monotonic() < deadline, "no mid-epoch checkpoint within 300 s:\n" \
+                                                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, log_path.read_text(errors="replace")[-3000:]
+    killed_at = torch.load(ckpt_path, weights_only=True)  # checkpoints hold no pickled objects
+    assert (killed_at["epoch"], killed_at["batches_done"], killed_at["step"]) == (0, 3, 3)  # mid-epoch 0
 
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stderr
-    final = torch.load(ckpt_path, weights_only=False)
+    final = torch.load(ckpt_path, weights_only=True)  # checkpoints hold no pickled objects
     assert final["step"] == 8
     steps, values = zip(*losses(final["history"]))
     expected_steps, expected_values = zip(*losses(uninterrupted.history))

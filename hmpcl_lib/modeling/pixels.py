@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 
+from hmpcl_lib.io import atomic_dir
 from hmpcl_lib.diskspace import pixel_store_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.modeling.dataset import load_drawing
@@ -285,18 +285,8 @@ def ensure_pixel_store(
     n, text = len(paths), sum(len(i.encode()) + len(p.encode()) for i, p in zip(ids, paths))
     require_free_disk(f"the pixel store ({n:,} drawings at {image_size} px)", final.parent,
                       pixel_store_bytes(n, image_size, train_side(image_size), text))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    with atomic_dir(final, replace=False) as tmp:  # another process that finished the same store first wins
         _build(tmp, table, image_size, fingerprint, workers)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same store first: use theirs
-            if not (final / "meta.json").exists():
-                raise
-            log.info("pixel store %s was built concurrently; using it", final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     store = PixelStore.open(final)
     store.built = True
     return store

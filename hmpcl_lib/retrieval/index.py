@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from hmpcl_lib.io import atomic_dir
 from hmpcl_lib.diskspace import index_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 
@@ -385,21 +384,10 @@ class VectorIndex:
         meta = self.meta
         require_free_disk(f"the FAISS index ({len(ids):,} vectors, {meta.factory or meta.kind})", target.parent,
                           index_bytes(len(ids), meta.dim, meta.kind, meta.nlist, meta.hnsw_m, ids.nbytes))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+        with atomic_dir(target) as tmp:
             faiss.write_index(self._cpu(), str(tmp / INDEX_FILE))
             np.save(tmp / IDS_FILE, ids, allow_pickle=False)
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2, sort_keys=True))
-            old = None
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{os.getpid()}"
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     @classmethod

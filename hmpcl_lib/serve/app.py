@@ -44,7 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
 from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit
-from hmpcl_lib.retrieval.search import UPLOAD_FORMATS, ImageTooLarge, Searcher, UnsupportedImage, encoder_batcher
+from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage
+from hmpcl_lib.retrieval.search import Searcher, encoder_batcher
 from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
 from hmpcl_lib.serve.limits import Limits
 
@@ -259,15 +260,44 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
                      else searcher.hierarchy)
         catalog = Catalog(hierarchy, layout, max_pixels=searcher.max_pixels)
     service = SearchService(searcher, catalog, limits)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-
     app.add_middleware(SecurityHeaders)
+    _add_page_routes(app, service, title)
+    _add_api_routes(app, service)
+    _add_corpus_routes(app, service)
+    return app
 
-    def retry_after(err: SearchError) -> dict[str, str] | None:
-        return {"Retry-After": str(limits.retry_after_s)} if err.status == 503 else None
+
+def _retry_after(service: SearchService, err: SearchError) -> dict[str, str] | None:
+    return {"Retry-After": str(service.limits.retry_after_s)} if err.status == 503 else None
+
+
+async def _upload(service: SearchService, request: Request) -> Outcome:
+    """The search for an uploaded image (the raw request body), shared by the page and the API."""
+    params = request.query_params
+    k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
+    data = await read_upload(request, service.limits.max_upload_bytes)
+    query = {"kind": "upload", "bytes": len(data)}
+    return await service.run(query, service.upload_pixels(data), k, class_code)
+
+
+async def _drawing(service: SearchService, request: Request, missing: str) -> Outcome:
+    """The search for a corpus drawing given by `?drawing_id=` (SearchError 400 with `missing` when absent)."""
+    params = request.query_params
+    k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
+    drawing_id = params.get("drawing_id") or ""
+    if not drawing_id:
+        raise SearchError(400, missing)
+    query, decode = service.corpus_query(drawing_id)
+    return await service.run(query, decode, k, class_code)
+
+
+def _add_page_routes(app: FastAPI, service: SearchService, title: str) -> None:
+    """GET / (the page), GET /search (results page for a corpus drawing), POST /search (results fragment)."""
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    catalog, limits = service.catalog, service.limits
 
     def page_context(request: Request, **extra) -> dict[str, Any]:
         params = request.query_params
@@ -282,56 +312,45 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
 
     @app.get("/search", response_class=HTMLResponse)
     async def search_page(request: Request):
-        params = request.query_params
         try:
-            k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
-            drawing_id = params.get("drawing_id") or ""
-            if not drawing_id:
-                raise SearchError(400, "choose an image to upload or a corpus drawing id")
-            query, decode = service.corpus_query(drawing_id)
-            outcome = await service.run(query, decode, k, class_code)
+            outcome = await _drawing(service, request, "choose an image to upload or a corpus drawing id")
         except SearchError as err:
             return templates.TemplateResponse(request, "index.html", page_context(request, error=err.message),
-                                              status_code=err.status, headers=retry_after(err))
+                                              status_code=err.status, headers=_retry_after(service, err))
         return templates.TemplateResponse(request, "index.html", page_context(request, outcome=outcome))
 
     @app.post("/search", response_class=HTMLResponse)
     async def search_upload_fragment(request: Request):
         try:
-            outcome = await _upload(request)
+            outcome = await _upload(service, request)
         except SearchError as err:
             return templates.TemplateResponse(request, "_results.html", {"outcome": None, "error": err.message},
-                                              status_code=err.status, headers=retry_after(err))
+                                              status_code=err.status, headers=_retry_after(service, err))
         return templates.TemplateResponse(request, "_results.html", {"outcome": outcome, "error": None})
+
+
+def _add_api_routes(app: FastAPI, service: SearchService) -> None:
+    """GET /api/search?drawing_id= and POST /api/search (image bytes): JSON results, JSON errors."""
+
+    async def answer(search) -> JSONResponse:
+        try:
+            outcome = await search
+        except SearchError as err:
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=_retry_after(service, err))
+        return JSONResponse(outcome.as_json())  # already JSON types: no jsonable_encoder pass
 
     @app.get("/api/search")
     async def api_search_drawing(request: Request):
-        params = request.query_params
-        try:
-            k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
-            drawing_id = params.get("drawing_id")
-            if not drawing_id:
-                raise SearchError(400, "pass drawing_id=..., or POST the image bytes to /api/search")
-            query, decode = service.corpus_query(drawing_id)
-            outcome = await service.run(query, decode, k, class_code)
-        except SearchError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
-        return JSONResponse(outcome.as_json())  # already JSON types: no jsonable_encoder pass
+        return await answer(_drawing(service, request, "pass drawing_id=..., or POST the image bytes to /api/search"))
 
     @app.post("/api/search")
     async def api_search_upload(request: Request):
-        try:
-            outcome = await _upload(request)
-        except SearchError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status, headers=retry_after(err))
-        return JSONResponse(outcome.as_json())  # already JSON types: no jsonable_encoder pass
+        return await answer(_upload(service, request))
 
-    async def _upload(request: Request) -> Outcome:
-        params = request.query_params
-        k, class_code = service.parse_k(params.get("k")), service.parse_class(params.get("class"))
-        data = await read_upload(request, limits.max_upload_bytes)
-        query = {"kind": "upload", "bytes": len(data)}
-        return await service.run(query, service.upload_pixels(data), k, class_code)
+
+def _add_corpus_routes(app: FastAPI, service: SearchService) -> None:
+    """GET /thumb/{drawing_id} (a small PNG, by id only) and GET /healthz."""
+    catalog = service.catalog
 
     @app.get("/thumb/{drawing_id}")
     async def thumbnail(drawing_id: str):
@@ -346,7 +365,5 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "drawings": len(catalog), "index": len(searcher.index),
+        return {"status": "ok", "drawings": len(catalog), "index": len(service.searcher.index),
                 "batches": service.batcher.batches, "batched_queries": service.batcher.items}
-
-    return app

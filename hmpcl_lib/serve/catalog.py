@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
-from hmpcl_lib.retrieval.search import DEFAULT_MAX_PIXELS, check_query_path, open_query_image
+from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS, check_query_path, open_query_image
 from hmpcl_lib.taxonomy.locarno import NEWEST_EDITION, load_taxonomy
 
 CATALOG_COLUMNS = ["drawing_id", "patent_id", "grant_date", "class_code", "class_title", "subclass_code",

@@ -86,15 +86,33 @@ def build_lic_hierarchy(
     row order. Drawings with a malformed record code, or without any code, go to the quarantine table (one row per
     drawing, `source` names the drawings table). Returns (`lic_hierarchy` table sorted by drawing_id, quarantine table).
     """
+    draw, codes = _checked_inputs(drawings, lic_codes)
+    joined = _choose_code(_codes_of_drawings(draw, codes, source))
+    quarantine = joined.filter(pl.col("reason").is_not_null()).sort("drawing_id").select(
+        source=pl.lit(source), record=pl.col("drawing_id"), reason="reason", stage=pl.lit("lic_hierarchy")
+    )
+    hierarchy = _labelled(joined.filter(pl.col("reason").is_null()), load_taxonomy() if taxonomy is None else taxonomy)
+    hierarchy_table = hierarchy.select(schemas.LIC_HIERARCHY.names).to_arrow().cast(schemas.LIC_HIERARCHY)
+    quarantine_table = quarantine.to_arrow().cast(schemas.QUARANTINE)
+    return hierarchy_table, quarantine_table
+
+
+def _checked_inputs(drawings: pa.Table | pl.DataFrame, lic_codes: pa.Table | pl.DataFrame
+                    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both tables as frames with their columns checked, dates as dates, no duplicate keys (InputError otherwise)."""
     draw = _frame(drawings, "drawings", list(DRAWING_COLUMNS[:-1]))
     codes = _frame(lic_codes, "lic_codes", ["doc_number", "grant_date", "lic_edition", "class_code", "subclass_code"])
-    tax = load_taxonomy() if taxonomy is None else taxonomy
     if "classification_locarno" not in draw.columns:
         draw = draw.with_columns(classification_locarno=pl.lit(None, pl.String))
     draw, codes = _as_date(draw, "drawings"), _as_date(codes, "lic_codes")
     _raise_on_duplicates(draw, ["drawing_id"], "drawings")
     _raise_on_duplicates(codes, ["doc_number", "grant_date"], "lic_codes")
+    return draw, codes
 
+
+def _codes_of_drawings(draw: pl.DataFrame, codes: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Each drawing with its record code and its patent's XML code, the edition that applies, and both codes
+    parsed against that edition (`rec_*` and `xml_*` columns)."""
     record_raw = pl.col("classification_locarno").cast(pl.String)
     joined = draw.select(
         "drawing_id", "patent_id", "doc_number", "grant_date", "figid", "image_path",
@@ -114,14 +132,18 @@ def build_lic_hierarchy(
     )
     joined = joined.join(editions, on=["xml_edition", "grant_date"], how="left")
     joined = joined.join(_parse_codes(joined, "record_raw", "rec_", source), on=["record_raw", "lic_edition"], how="left")
-    joined = joined.join(_parse_codes(joined, "lic_xml_code", "xml_", source), on=["lic_xml_code", "lic_edition"], how="left")
+    return joined.join(_parse_codes(joined, "lic_xml_code", "xml_", source), on=["lic_xml_code", "lic_edition"], how="left")
 
+
+def _choose_code(joined: pl.DataFrame) -> pl.DataFrame:
+    """The record's code when it has a good one, else the XML's (`lic_source`), and `reason` for a quarantined
+    drawing (a bad record code, a bad XML code it needs, or no code at all)."""
     from_record = pl.col("rec_class_code").is_not_null()
 
     def chosen(name: str) -> pl.Expr:
         return pl.when(from_record).then(pl.col("rec_" + name)).otherwise(pl.col("xml_" + name)).alias(name)
 
-    joined = joined.with_columns(
+    return joined.with_columns(
         chosen("class_code"), chosen("subclass_code"), chosen("known_subclass"), chosen("mapped_subclass_code"),
         lic_source=pl.when(from_record).then(pl.lit("record")).when(pl.col("xml_class_code").is_not_null()).then(pl.lit("uspto_xml")),
         reason=pl.when(pl.col("rec_error").is_not_null())
@@ -132,17 +154,16 @@ def build_lic_hierarchy(
         .then(pl.lit("no Locarno code for patent ") + pl.col("patent_id")),
     )
 
-    quarantine = joined.filter(pl.col("reason").is_not_null()).sort("drawing_id").select(
-        source=pl.lit(source), record=pl.col("drawing_id"), reason="reason", stage=pl.lit("lic_hierarchy")
-    )
 
+def _labelled(kept: pl.DataFrame, tax: pl.DataFrame) -> pl.DataFrame:
+    """Titles from the row's edition of `tax`, and dense integer labels over the sorted codes present."""
     def dense_rank(col: str) -> pl.Expr:
         return (pl.col(col).rank("dense") - 1).cast(pl.Int32)
 
     class_titles = tax.filter(pl.col("level") == "class").select("edition", "class_code", class_title=pl.col("title"))
     subclass_titles = tax.filter(pl.col("level") == "subclass").select("edition", "subclass_code", subclass_title=pl.col("title"))
-    hierarchy = (
-        joined.filter(pl.col("reason").is_null())
+    return (
+        kept
         .join(class_titles, left_on=["lic_edition", "class_code"], right_on=["edition", "class_code"], how="left")
         .join(subclass_titles, left_on=["lic_edition", "subclass_code"], right_on=["edition", "subclass_code"], how="left")
         .with_columns(
@@ -152,9 +173,6 @@ def build_lic_hierarchy(
         )
         .sort("drawing_id")
     )
-    hierarchy_table = hierarchy.select(schemas.LIC_HIERARCHY.names).to_arrow().cast(schemas.LIC_HIERARCHY)
-    quarantine_table = quarantine.to_arrow().cast(schemas.QUARANTINE)
-    return hierarchy_table, quarantine_table
 
 
 def lic_source_report(hierarchy: pa.Table | pl.DataFrame, max_examples: int = 5) -> dict:

@@ -1,8 +1,10 @@
-"""Experiment tracking in MLflow and the experiments built on it.
+"""The MLflow adapter: nothing else.
 
 `mlflow_store` holds the MLflow helpers (one experiment, runs keyed by a content fingerprint, a registry with a
 `champion` alias); they are re-exported here, so `from hmpcl_lib import tracking; tracking.fingerprint(...)` works.
-`experiment` trains and evaluates tracked models, `sweep` runs variants x seeds, `cli` is the `hmpcl` command.
+`pyfunc` / `pyfunc_entry` are the logged model flavour (models-from-code, safetensors weights), `model_source` picks
+the model and index a query command serves. Experiments built on it are in `hmpcl_lib.experiments`, the commands in
+`hmpcl_lib.cli`.
 """
 
 from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, LegacyModelError, PromotionDecision, TrackingConfig, activate, client,

@@ -16,7 +16,7 @@ version logged the old way is refused with the command that re-logs it (`hmpcl r
 Input: a DataFrame with a column `image` (base64-encoded PNG/JPEG/GIF/BMP/TIFF/WEBP bytes) or a column `path` (an
 image file under the allowed root: `model_config={"serve_root": ...}` at load time, else $HMPCL_SERVE_ROOT; without
 one, paths are refused; relative paths are taken from the root). One of the two per row. Bytes are decoded in
-memory by the search page's own function (`search.query_pixels`: format allow-list, pixel limit read from the
+memory by the search page's own function (`query_image.query_pixels`: format allow-list, pixel limit read from the
 header before any pixel is decoded, then straight to grey). The pixel limit is `model_config["max_pixels"]`, else
 $HMPCL_SERVE_MAX_PIXELS, else search's DEFAULT_MAX_PIXELS. Concurrent requests share a decode budget of
 `max_inflight_pixels` (model_config / $HMPCL_SERVE_MAX_INFLIGHT_PIXELS, default twice the pixel limit) and a wait
@@ -107,7 +107,8 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
         from hmpcl_lib.retrieval.batching import WorkLimit
-        from hmpcl_lib.retrieval.search import DEFAULT_MAX_PIXELS, encoder_batcher
+        from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS
+        from hmpcl_lib.retrieval.search import encoder_batcher
 
         config = dict(context.model_config or {})
         self.encoder = load_encoder(context.artifacts[ENCODER_ARTIFACT]).eval()  # safetensors: no code runs
@@ -162,7 +163,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def _open_path(self, value: str) -> np.ndarray:
         from hmpcl_lib.errors import InputError
-        from hmpcl_lib.retrieval.search import query_pixels, read_query_file
+        from hmpcl_lib.retrieval.query_image import query_pixels, read_query_file
 
         if self.serve_root is None:
             raise InputError(f"image paths are refused: this server has no allowed root (set ${SERVE_ROOT_ENV} or "
@@ -175,9 +176,9 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def _open_bytes(self, value: Any) -> np.ndarray:
         """Base64 text → the bytes → eval pixels, decoded in memory by the search page's own function
-        (`search.query_pixels`: allow-listed formats, pixel limit from the header, straight to grey)."""
+        (`query_image.query_pixels`: allow-listed formats, pixel limit from the header, straight to grey)."""
         from hmpcl_lib.errors import InputError
-        from hmpcl_lib.retrieval.search import query_pixels
+        from hmpcl_lib.retrieval.query_image import query_pixels
 
         if not isinstance(value, str):
             raise InputError(f"expected base64 text, got {type(value).__name__}")

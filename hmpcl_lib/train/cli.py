@@ -42,15 +42,9 @@ def _load_training_table(table_path: str, splits_path: str | None, split: str):
     except Exception as e:  # noqa: BLE001 - any read failure is bad input here
         raise InputError(f"cannot read training table ({e})", source=table_path) from e
     if splits_path:
-        splits = pl.read_parquet(splits_path)
-        for name, frame, cols in (("table", table, ["drawing_id"]), ("splits", splits, ["drawing_id", "split"])):
-            missing = [c for c in cols if c not in frame.columns]
-            if missing:
-                raise InputError(f"missing columns {missing}", source=table_path if name == "table" else splits_path)
-        keep = splits.filter(pl.col("split") == split).select("drawing_id")
-        table = table.join(keep, on="drawing_id", how="semi", maintain_order="left")
-        if table.height == 0:
-            raise InputError(f"no drawing of the table is in split {split!r}", source=splits_path)
+        from hmpcl_lib.splits import split_rows
+
+        table = split_rows(table, pl.read_parquet(splits_path), split, source=splits_path)
     return table
 
 

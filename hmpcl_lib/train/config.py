@@ -9,6 +9,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hmpcl_lib.modeling.models import DEFAULT_IMAGE_SIZE
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run, and the one place its fields and defaults are written: checkpoints
@@ -38,7 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
-    image_size: int = 128
+    image_size: int = DEFAULT_IMAGE_SIZE
     grad_clip: float | None = 1.0
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (tiny per-device batches, exact DDP equivalence)
     # DataLoader worker processes; None: auto (0 with a pixel store, whose batches cost little next to a CPU step;

@@ -90,138 +90,180 @@ def train(
     resume: bool = True,
 ) -> TrainResult:
     """Train an encoder on `table` (image_path + class/subclass/patent labels); see the module doc."""
-    from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler
-
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
     started_dist = _init_distributed()
-    rank, world = D.rank(), D.world_size()
     try:
-        paths, labels = _table_columns(table)
-        fingerprint = _data_fingerprint(paths, labels)
-        device = D.resolve_device(config.device)
-        _seed_everything(config.seed + rank)
-
-        torch.manual_seed(config.seed)  # same initial weights on every rank
-        encoder = build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
-                                image_size=config.image_size)
-        encoder.to(device)
-        encoder.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
-        criterion = build_loss(config).to(device)
-        optimizer = _build_optimizer(encoder, criterion, config)
-
-        if config.batch_size % world:
-            raise ValueError(f"batch_size {config.batch_size} (global) must be divisible by the {world} ranks")
-        batch_sampler = HierarchicalBatchSampler(  # per-rank batches; ranks draw distinct batches of one epoch
-            labels["class_label"], labels["subclass_label"], labels["patent_label"], config.batch_size // world,
-            drawings_per_patent=config.drawings_per_patent, patents_per_subclass=config.patents_per_subclass,
-            subclasses_per_class=config.subclasses_per_class, num_batches=config.steps_per_epoch,
-            seed=config.seed, rank=rank, world_size=world,
-        )
-        steps_per_epoch = len(batch_sampler)
-        if steps_per_epoch < 1:
-            raise ValueError(f"the sampler yields no batch for {len(paths)} drawings at batch_size {config.batch_size}")
-        total_steps = config.epochs * steps_per_epoch
-        scheduler = _build_scheduler(optimizer, config, total_steps)
-
-        state = TrainState()
-        if resume and ckpt_path.exists():
-            state = _restore(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, rank)
-            log.info("resuming from %s at epoch %d, batch %d (step %d)", ckpt_path, state.epoch,
-                     state.batches_done, state.step)
-
-        model: nn.Module = encoder
-        if world > 1:
-            model = nn.parallel.DistributedDataParallel(
-                encoder, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        epoch_batches = _SeededEpochBatches(batch_sampler, config.seed)
-        if config.pixel_store:  # decoded once (hmpcl_lib.modeling.pixels): crop + affine batched on the device
-            dataset = PixelTrainDataset(config.pixel_store, paths, labels, config.image_size,
-                                        encoder.config["mean"], encoder.config["std"])
-        else:
-            dataset = DrawingDataset(paths, labels, build_transform(config.image_size, True,
-                                                                    encoder.config["mean"], encoder.config["std"]))
-        loader = _build_loader(dataset, epoch_batches, config, device, world)
-
-        is_main = rank == 0
-        save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler) if is_main else None
-        progress = _progress(total_steps, state.step, is_main)
-        window_start, window_images = time.perf_counter(), 0
-
-        for epoch in range(state.epoch, config.epochs):
-            epoch_batches.epoch, epoch_batches.start = epoch, state.batches_done
-            if state.batches_done == 0:
-                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
-            _set_train_mode(encoder, config.freeze_bn)
-            for batch in loader:
-                indices = batch[-1]
-                batch_labels = {k: v.to(device, non_blocking=True) for k, v in dataset.labels_of(indices).items()}
-                if isinstance(dataset, PixelTrainDataset):
-                    images = dataset.model_input(batch[0], batch[1], device)
-                else:
-                    images = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    z = model(images)
-                loss = criterion(z.float(), batch_labels["patent_label"], batch_labels["subclass_label"],
-                                 batch_labels["class_label"])
-                step_loss = _mean_over_ranks(loss.detach())
-                if not math.isfinite(step_loss):
-                    raise TrainingDivergedError(state.step + 1, step_loss, ckpt_path if ckpt_path.exists() else None)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                _sync_loss_grads(criterion)
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(criterion.parameters()), config.grad_clip)
-                optimizer.step()
-                lr_now = optimizer.param_groups[-1]["lr"]
-                scheduler.step()
-
-                state.step += 1
-                state.batches_done += 1
-                state.epoch_loss_sum += step_loss
-                state.epoch_loss_count += 1
-                window_images += images.shape[0] * world
-                progress.update(1)
-                end_of_epoch = state.batches_done == steps_per_epoch
-                report = state.step % config.log_every == 0 or end_of_epoch
-                if report:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    metrics = {
-                        "loss": step_loss,
-                        "lr": lr_now,
-                        "temperature": loss_temperature(criterion),
-                        "skipped_anchors": float(getattr(criterion, "last_num_skipped", 0)),
-                        "images_per_s": window_images / elapsed,
-                    }
-                    window_start, window_images = time.perf_counter(), 0
-                    state.history.append({"step": state.step, "epoch": epoch, **metrics})
-                if not end_of_epoch and config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
-                    _save_everywhere(save, state, epoch, state.batches_done)
-                if report:
-                    if is_main:
-                        progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
-                        log.info("step %d epoch %d loss %.4f lr %.2e %.1f img/s", state.step, epoch, step_loss,
-                                 lr_now, metrics["images_per_s"])
-                        if on_metrics:
-                            on_metrics(state.step, metrics)
-            epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
-            state.history.append({"step": state.step, "epoch": epoch, "epoch_loss": epoch_loss})
-            if is_main:
-                log.info("epoch %d done: mean loss %.4f", epoch, epoch_loss)
-            state.batches_done = 0
-            _save_everywhere(save, state, epoch + 1, 0)  # durable first, then report
-            if is_main and on_metrics:
-                on_metrics(state.step, {"epoch_loss": epoch_loss, "epoch": float(epoch)})
-        progress.close()
-
-        encoder.eval()
-        if is_main:
-            _export_encoder(out_dir / "encoder.pt", encoder, config)
-        return TrainResult(model=encoder, checkpoint_path=ckpt_path, history=state.history, config=config)
+        run = _setup(config, table, out_dir / "checkpoints" / "last.pt", resume)
+        for epoch in range(run.state.epoch, config.epochs):
+            _run_epoch(run, epoch, on_metrics)
+        run.progress.close()
+        run.encoder.eval()
+        if run.is_main:
+            _export_encoder(out_dir / "encoder.pt", run.encoder, config)
+        return TrainResult(model=run.encoder, checkpoint_path=run.ckpt_path, history=run.state.history, config=config)
     finally:
         if started_dist and D.is_dist():
             torch.distributed.destroy_process_group()
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between steps (built by `_setup`)."""
+    config: TrainConfig
+    device: torch.device
+    world: int
+    is_main: bool
+    encoder: Encoder
+    model: nn.Module  # the encoder, wrapped in DDP across ranks
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    dataset: Any
+    loader: Any
+    epoch_batches: "_SeededEpochBatches"
+    steps_per_epoch: int
+    ckpt_path: Path
+    save: Any  # the rank-0 checkpointer (None elsewhere)
+    progress: Any
+    state: TrainState
+    window: list = field(default_factory=lambda: [time.perf_counter(), 0])  # start, images since (images/s)
+
+
+def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _Run:
+    """Seed, build model, loss, optimizer, sampler and schedule (in this order: it fixes the random streams), restore
+    the checkpoint when resuming, and build the data loader."""
+    from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler
+
+    rank, world = D.rank(), D.world_size()
+    paths, labels = _table_columns(table)
+    fingerprint = _data_fingerprint(paths, labels)
+    device = D.resolve_device(config.device)
+    _seed_everything(config.seed + rank)
+
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    encoder = build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
+                            image_size=config.image_size)
+    encoder.to(device)
+    encoder.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
+    criterion = build_loss(config).to(device)
+    optimizer = _build_optimizer(encoder, criterion, config)
+
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} (global) must be divisible by the {world} ranks")
+    batch_sampler = HierarchicalBatchSampler(  # per-rank batches; ranks draw distinct batches of one epoch
+        labels["class_label"], labels["subclass_label"], labels["patent_label"], config.batch_size // world,
+        drawings_per_patent=config.drawings_per_patent, patents_per_subclass=config.patents_per_subclass,
+        subclasses_per_class=config.subclasses_per_class, num_batches=config.steps_per_epoch,
+        seed=config.seed, rank=rank, world_size=world,
+    )
+    steps_per_epoch = len(batch_sampler)
+    if steps_per_epoch < 1:
+        raise ValueError(f"the sampler yields no batch for {len(paths)} drawings at batch_size {config.batch_size}")
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = _build_scheduler(optimizer, config, total_steps)
+
+    state = TrainState()
+    if resume and ckpt_path.exists():
+        state = _restore(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, rank)
+        log.info("resuming from %s at epoch %d, batch %d (step %d)", ckpt_path, state.epoch,
+                 state.batches_done, state.step)
+
+    model: nn.Module = encoder
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            encoder, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    epoch_batches = _SeededEpochBatches(batch_sampler, config.seed)
+    if config.pixel_store:  # decoded once (hmpcl_lib.modeling.pixels): crop + affine batched on the device
+        dataset = PixelTrainDataset(config.pixel_store, paths, labels, config.image_size,
+                                    encoder.config["mean"], encoder.config["std"])
+    else:
+        dataset = DrawingDataset(paths, labels, build_transform(config.image_size, True,
+                                                                encoder.config["mean"], encoder.config["std"]))
+    loader = _build_loader(dataset, epoch_batches, config, device, world)
+
+    is_main = rank == 0
+    save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler) if is_main else None
+    return _Run(config, device, world, is_main, encoder, model, criterion, optimizer, scheduler, dataset, loader,
+                epoch_batches, steps_per_epoch, ckpt_path, save, _progress(total_steps, state.step, is_main), state)
+
+
+def _run_epoch(run: _Run, epoch: int, on_metrics: Callable[[int, dict[str, float]], None] | None) -> None:
+    """The epoch's remaining batches (from `state.batches_done` when resumed), then its checkpoint and report."""
+    state, config = run.state, run.config
+    run.epoch_batches.epoch, run.epoch_batches.start = epoch, state.batches_done
+    if state.batches_done == 0:
+        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+    _set_train_mode(run.encoder, config.freeze_bn)
+    for batch in run.loader:
+        step_loss, lr_now, images = _train_step(run, batch)
+        state.step += 1
+        state.batches_done += 1
+        state.epoch_loss_sum += step_loss
+        state.epoch_loss_count += 1
+        run.window[1] += images * run.world
+        run.progress.update(1)
+        end_of_epoch = state.batches_done == run.steps_per_epoch
+        report = state.step % config.log_every == 0 or end_of_epoch
+        metrics = _step_metrics(run, epoch, step_loss, lr_now) if report else None
+        if not end_of_epoch and config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
+            _save_everywhere(run.save, state, epoch, state.batches_done)
+        if metrics is not None and run.is_main:
+            run.progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
+            log.info("step %d epoch %d loss %.4f lr %.2e %.1f img/s", state.step, epoch, step_loss, lr_now,
+                     metrics["images_per_s"])
+            if on_metrics:
+                on_metrics(state.step, metrics)
+    epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
+    state.history.append({"step": state.step, "epoch": epoch, "epoch_loss": epoch_loss})
+    if run.is_main:
+        log.info("epoch %d done: mean loss %.4f", epoch, epoch_loss)
+    state.batches_done = 0
+    _save_everywhere(run.save, state, epoch + 1, 0)  # durable first, then report
+    if run.is_main and on_metrics:
+        on_metrics(state.step, {"epoch_loss": epoch_loss, "epoch": float(epoch)})
+
+
+def _train_step(run: _Run, batch) -> tuple[float, float, int]:
+    """One optimisation step: (loss averaged over ranks, the learning rate it used, images on this rank)."""
+    device, criterion, optimizer = run.device, run.criterion, run.optimizer
+    dataset = run.dataset
+    batch_labels = {k: v.to(device, non_blocking=True) for k, v in dataset.labels_of(batch[-1]).items()}
+    if isinstance(dataset, PixelTrainDataset):
+        images = dataset.model_input(batch[0], batch[1], device)
+    else:
+        images = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        z = run.model(images)
+    loss = criterion(z.float(), batch_labels["patent_label"], batch_labels["subclass_label"],
+                     batch_labels["class_label"])
+    step_loss = _mean_over_ranks(loss.detach())
+    if not math.isfinite(step_loss):
+        raise TrainingDivergedError(run.state.step + 1, step_loss, run.ckpt_path if run.ckpt_path.exists() else None)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _sync_loss_grads(criterion)
+    if run.config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(list(run.encoder.parameters()) + list(criterion.parameters()), run.config.grad_clip)
+    optimizer.step()
+    lr_now = optimizer.param_groups[-1]["lr"]
+    run.scheduler.step()
+    return step_loss, lr_now, images.shape[0]
+
+
+def _step_metrics(run: _Run, epoch: int, step_loss: float, lr_now: float) -> dict[str, float]:
+    """The reported metrics of this step (images/s over the steps since the last report), kept in the history."""
+    elapsed = max(time.perf_counter() - run.window[0], 1e-9)
+    metrics = {
+        "loss": step_loss,
+        "lr": lr_now,
+        "temperature": loss_temperature(run.criterion),
+        "skipped_anchors": float(getattr(run.criterion, "last_num_skipped", 0)),
+        "images_per_s": run.window[1] / elapsed,
+    }
+    run.window[:] = [time.perf_counter(), 0]
+    run.state.history.append({"step": run.state.step, "epoch": epoch, **metrics})
+    return metrics
 
 
 # ---------------------------------------------------------------- pieces of the loop

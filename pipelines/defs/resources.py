@@ -81,10 +81,10 @@ class MlflowTracking(dg.ConfigurableResource):
     """Our MLflow resource (dagster-mlflow is the old resource style): tracking URI, experiment and registry names."""
 
     tracking_uri: str = Field(default_factory=default_tracking_uri)
-    experiment: str = "hmpcl"
-    registered_model: str = "hmpcl-encoder"
-    artifact_root: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_ARTIFACTS", "mlartifacts"))
-    ui_url: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_UI", "http://127.0.0.1:5000"))
+    experiment: str = TrackingConfig.experiment  # the library's TrackingConfig holds every default
+    registered_model: str = TrackingConfig.registered_model
+    artifact_root: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_ARTIFACTS", TrackingConfig.artifact_root))
+    ui_url: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_UI", TrackingConfig.ui_url))
 
     @property
     def config(self) -> TrackingConfig:

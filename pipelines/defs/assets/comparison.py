@@ -17,19 +17,19 @@ import polars as pl
 
 from hmpcl_lib import tracking
 from hmpcl_lib.io import file_sha256, markdown_table
+from hmpcl_lib.retrieval.evaluation import PROTOCOLS
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
-from hmpcl_lib.tracking.experiment import (COMPARISON_VARIANTS, PROTOCOL_PREFIX, TrainedModel, comparison_table,
-                                           evaluate_protocols, load_variant_results, log_benchmark,
-                                           paired_intervals, pretrained_tracked, save_variant_results,
-                                           variant_config)
+from hmpcl_lib.experiments.runs import (PROTOCOL_PREFIX, TrainedModel, comparison_table, evaluate_protocols,
+                                       load_variant_results, log_benchmark, paired_intervals, pretrained_tracked,
+                                       save_variant_results)
+from hmpcl_lib.experiments.variants import COMPARISON, variant_config
 from pipelines.defs.assets.data import decoded_drawings, splits
 from pipelines.defs.assets.training import TRAINING_LAUNCHER, TrainingConfig, train_through_launcher
 from pipelines.defs.resources import DataStore, MlflowTracking, TrainingLauncher
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown, table_metadata
 
-variant_partitions = dg.StaticPartitionsDefinition(list(COMPARISON_VARIANTS))
-PROTOCOLS = ("deeppatent", "leave_one_out")
+variant_partitions = dg.StaticPartitionsDefinition(list(COMPARISON))
 PAIRS = [("baseline", "hierarchical"), ("pretrained", "baseline"), ("pretrained", "hierarchical")]
 
 with warnings.catch_warnings():
@@ -41,7 +41,7 @@ with warnings.catch_warnings():
                         mlflow_tracking: MlflowTracking,
                         training_launcher: TrainingLauncher) -> dg.Output[TrainedModel]:
         """One variant of the comparison, on the run config's TrainConfig with the variant's overrides
-        (`COMPARISON_VARIANTS`): trained through the Pipes launcher, or, for `pretrained`, the untouched backbone
+        (`experiments.variants.COMPARISON`): trained through the Pipes launcher, or, for `pretrained`, the untouched backbone
         logged as its own MLflow run."""
         variant = context.partition_key
         train_config = variant_config(config.to_train_config(), variant)
@@ -92,7 +92,7 @@ def read_variants(store: DataStore) -> tuple[dict[str, dict], dict[str, dict]]:
     stale (other test split) variant is a Failure naming it."""
     split_sha = file_sha256(store.layout.splits_path)
     infos, results, problems = {}, {}, []
-    for variant in COMPARISON_VARIANTS:
+    for variant in COMPARISON:
         try:
             infos[variant], results[variant] = load_variant_results(store.layout.variant_dir(variant))
         except FileNotFoundError:

@@ -8,10 +8,10 @@ import dagster as dg
 import polars as pl
 
 from hmpcl_lib.io import write_parquet_atomic
-from hmpcl_lib.sources import deeppatent2, uspto
+from hmpcl_lib.sources import archives, dataverse, deeppatent2, uspto
 from hmpcl_lib.taxonomy import hierarchy
 from hmpcl_lib.train.config import TrainConfig
-from pipelines.metadata import counts_markdown, table_metadata
+from pipelines.metadata import content_metadata, counts_markdown, table_metadata
 from pipelines.defs.resources import DataStore
 
 YEARS = [str(y) for y in range(2007, 2021)]
@@ -30,7 +30,7 @@ def raw_archives(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mate
     dest = store.layout.raw_dir(year)
     if store.source not in ("sample", "deeppatent2"):
         raise dg.Failure(f"unknown source {store.source!r}: use 'sample' or 'deeppatent2'")
-    with deeppatent2.year_lock(dest):
+    with archives.year_lock(dest):
         if store.source == "sample":
             spec = store.sample_spec()
             if year not in spec.years:
@@ -40,10 +40,10 @@ def raw_archives(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mate
 
             parts = write_sample_year(spec, year, dest)
         else:
-            parts = deeppatent2.download_year(year, dest, base_url=store.dataverse_url, doi=store.doi)
-        archive_format = deeppatent2.detect_format(parts)  # of the parts joined: read from the first and last part
+            parts = dataverse.download_year(year, dest, base_url=store.dataverse_url, doi=store.doi)
+        archive_format = archives.detect_format(parts)  # of the parts joined: read from the first and last part
     sizes = {p.name: p.stat().st_size for p in parts}
-    if archive_format not in deeppatent2.ARCHIVE_FORMATS:
+    if archive_format not in archives.ARCHIVE_FORMATS:
         context.log.warning(f"{year}: the joined parts are not a zip or tar archive: {archive_format}")
     return dg.MaterializeResult(metadata={
         "source": store.source,
@@ -96,8 +96,10 @@ def drawings(context: dg.AssetExecutionContext, store: DataStore) -> dg.Material
         max_bad_fraction=store.max_bad_fraction)
     df, bad = pl.from_arrow(parsed.drawings), pl.from_arrow(parsed.quarantine)
     files = {Path(f).relative_to(extracted.root).as_posix(): counts for f, counts in parsed.files.items()}
-    return dg.MaterializeResult(metadata={
+    content, version = content_metadata(store.layout.drawings_path(year))  # what new_drawings_sensor compares
+    return dg.MaterializeResult(data_version=version, metadata={
         **table_metadata(df, store.layout.drawings_path(year)),
+        **content,
         "patents": df["patent_id"].n_unique(),
         "archive_format": extracted.archive_format,
         "inner_archives": dg.MetadataValue.json(extracted.inner),

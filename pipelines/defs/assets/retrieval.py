@@ -9,8 +9,8 @@ import dagster as dg
 import polars as pl
 
 from hmpcl_lib import tracking
-from hmpcl_lib.tracking.experiment import TrainedModel, evaluate_model, log_benchmark, overall_metrics
-from hmpcl_lib.io import file_sha256, markdown_table
+from hmpcl_lib.experiments.runs import TrainedModel, evaluate_model, log_benchmark, overall_metrics
+from hmpcl_lib.io import atomic_path, file_sha256, markdown_table
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown
@@ -142,8 +142,8 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
     loo = benchmark_embeddings(embeddings, hier, spl, protocol="leave_one_out")
     loo_overall = log_benchmark(loo, trained_encoder.run_id, cfg, "retrieval_benchmark")
     path = store.layout.benchmark_path(trained_encoder.run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result.metrics.write_parquet(path)
+    with atomic_path(path) as tmp_path:
+        result.metrics.write_parquet(tmp_path)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         files = _plots(result, trained_encoder.variant, out)

@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 import pydantic
 
-from hmpcl_lib.tracking.experiment import TrainedModel
+from hmpcl_lib.experiments.runs import TrainedModel
 from hmpcl_lib.train.config import TrainConfig, field_types
 from pipelines.defs.assets.data import decoded_drawings, splits
 from pipelines.launchers import GPU_POD_TAGS, trained_model_from_metadata

@@ -1,4 +1,5 @@
-"""`hmpcl`: query the MLflow store from a terminal (last runs, a run-vs-run diff, the registry champion).
+"""`hmpcl`: the project's command: MLflow runs and the registry (last runs, a run-vs-run diff, the champion), sweeps,
+and the search page.
 
 Why a CLI: the MLflow UI is good for browsing, but "how did the last five trainings do?" should be one command.
 Everything is read through MLflow's client API, so it works the same on the local sqlite store and on a server.
@@ -11,15 +12,16 @@ mlflow is imported inside the commands to keep `hmpcl --help` instant.
     hmpcl sweep --seeds 0 1 2 [--variant NAME ...] [--set epochs=4]
                                      (train a grid of loss/sampler/schedule variants over seeds; MLflow parent run
                                       with one child per run; table with mean ± sd, paired intervals, Pareto front)
+    hmpcl sql "SELECT ..." [--csv | --json] | --tables
+                                     (ask the results database in SQL: read-only; hmpcl_lib.experiments.results_db)
     hmpcl serve [--port 8000]        (the search page over the champion's index on 127.0.0.1; `make search`;
-                                      see hmpcl_lib.serve.cli)
+                                      see hmpcl_lib.cli.serve)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
 from datetime import datetime, timezone
@@ -152,7 +154,7 @@ def compare_command(cfg: tracking.TrackingConfig, run_a: str, run_b: str, metric
 
 def _paired_section(cfg: tracking.TrackingConfig, a, b) -> str:
     """Paired bootstrap intervals of B - A over the queries both runs were benchmarked on, per protocol."""
-    from hmpcl_lib.tracking.experiment import PROTOCOL_PREFIX, per_query_artifact
+    from hmpcl_lib.experiments.runs import PROTOCOL_PREFIX, per_query_artifact
     from hmpcl_lib.retrieval.metrics import paired_bootstrap
 
     parts = []
@@ -177,12 +179,13 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
     """Run (or resume) a sweep and return its summary tables."""
     import polars as pl
 
-    from hmpcl_lib.tracking import sweep
+    from hmpcl_lib.experiments import sweep
+    from hmpcl_lib.experiments.variants import TRAINED, VARIANTS
     from hmpcl_lib.train.config import TrainConfig, config_from_strings
 
-    unknown = [v for v in variants if v not in sweep.VARIANTS]
+    unknown = [v for v in variants if v not in TRAINED]
     if unknown:
-        raise HmpclError(f"unknown variant(s) {unknown}; known: {', '.join(sweep.VARIANTS)}")
+        raise HmpclError(f"unknown variant(s) {unknown} for a sweep, which trains one of: {', '.join(TRAINED)}")
     if "baseline" not in variants:
         variants = ["baseline", *variants]
     layout = DataLayout(Path(data_root))
@@ -191,14 +194,44 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
     if missing:
         raise HmpclError(f"missing {missing}: run `make run` (or the data assets) first")
     base = config_from_strings(overrides, TrainConfig())
-    out_dir = Path(out) if out else layout.root / "sweeps" / name
+    out_dir = Path(out) if out else layout.sweeps_dir / name
     frame = sweep.run_sweep(pl.read_parquet(paths[0]), pl.read_parquet(paths[1]),
-                            {v: sweep.VARIANTS[v] for v in variants}, seeds, base, out_dir, cfg, name=name)
+                            {v: VARIANTS[v] for v in variants}, seeds, base, out_dir, cfg, name=name,
+                            data_root=layout.root)  # the comparison's evaluation path: the decoded pixel store
     tables = [f"## {protocol} protocol, {features} features (Δ: paired 95 % interval vs baseline, head features)\n\n"
               + sweep.markdown(sweep.summarise(frame, protocol=protocol, features=features))
               for features in sweep.FEATURES]
-    return f"Sweep {name!r}: {len(variants)} variants x {len(seeds)} seeds, results in {out_dir}\n\n" + \
+    from hmpcl_lib.experiments.results_db import build_results_db
+
+    db = build_results_db(layout, cfg)  # `hmpcl sql` sees the sweep at once
+    return f"Sweep {name!r}: {len(variants)} variants x {len(seeds)} seeds, results in {out_dir} (and {db})\n\n" + \
         "\n\n".join(tables)
+
+
+def sql_command(data_root: str, db: str | None, statement: str | None, list_tables: bool, fmt: str) -> str:
+    """The answer of one read-only SELECT on the results database (or its tables), as text, CSV or JSON."""
+    from hmpcl_lib.experiments import results_db
+    from hmpcl_lib.io import markdown_table
+
+    path = Path(db) if db else DataLayout(Path(data_root)).results_db_path
+    if list_tables:
+        frame = results_db.tables(path)
+    elif statement:
+        frame = results_db.query(path, statement)
+    else:
+        raise HmpclError('pass a statement, e.g. hmpcl sql "SELECT * FROM overall", or --tables')
+    if fmt == "csv":  # lists and structs as JSON text: CSV has no nested values
+        import json
+
+        import polars as pl
+
+        nested = [c for c, t in frame.schema.items() if t.is_nested()]
+        frame = frame.with_columns(pl.Series(c, [json.dumps(v, default=str) for v in frame[c].to_list()],
+                                             dtype=pl.String) for c in nested)
+        return frame.write_csv().rstrip("\n")
+    if fmt == "json":
+        return frame.write_json()
+    return markdown_table(frame, max_rows=max(frame.height, 1), max_chars=80) + f"\n({frame.height} rows)"
 
 
 def champion_command(cfg: tracking.TrackingConfig) -> str:
@@ -249,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--experiment", default=tracking.TrackingConfig.experiment)
     common.add_argument("--registered-model", default=tracking.TrackingConfig.registered_model)
 
-    parser = argparse.ArgumentParser(prog="hmpcl", description="Query hmpcl's MLflow runs and model registry.")
+    parser = argparse.ArgumentParser(prog="hmpcl", description="The hmpcl command: MLflow runs and the model registry, sweeps, the search page.")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("metrics", parents=[common], help="table of the last runs and their key metrics")
     m.add_argument("--last", type=int, default=5, help="how many runs, newest first (default 5)")
@@ -267,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", parents=[common], help="train variants over seeds; summary with paired intervals")
     w.add_argument("--data-root", default=default_data_root())
     w.add_argument("--variant", action="append", dest="variants", metavar="NAME",
-                   help="a variant of hmpcl_lib.tracking.sweep.VARIANTS (repeatable; default: all; the baseline is always in)")
+                   help="a trained variant of hmpcl_lib.experiments.variants (repeatable; default: its SWEEP; the baseline is "
+                        "always in)")
     w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     w.add_argument("--set", action="append", dest="overrides", default=[], metavar="FIELD=VALUE",
                    help="a TrainConfig field for every variant, e.g. --set epochs=4")
@@ -275,9 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default=None, help="results folder (default: DATA_ROOT/sweeps/NAME); reruns resume")
     w.add_argument("--name", default="sweep", help="MLflow parent run name")
     w.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    q = sub.add_parser("sql", parents=[common],
+                       help="ask the results database (every benchmark, variant, sweep and MLflow run) in SQL")
+    q.add_argument("statement", nargs="?", metavar="SQL", help='one SELECT, e.g. "SELECT * FROM overall"')
+    q.add_argument("--tables", action="store_true", help="list the tables and views with their row counts")
+    q.add_argument("--data-root", default=default_data_root())
+    q.add_argument("--db", default=None, help="the database file (default: DATA_ROOT/results.duckdb)")
+    shape = q.add_mutually_exclusive_group()
+    shape.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="CSV instead of a table")
+    shape.add_argument("--json", dest="fmt", action="store_const", const="json", help="JSON rows instead of a table")
     v = sub.add_parser("serve", parents=[common],
                        help="the search page over the champion's index (http://127.0.0.1:8000)")
-    from hmpcl_lib.serve.cli import add_arguments as add_serve_arguments  # argparse only; the web stack loads later
+    from hmpcl_lib.cli.serve import add_arguments as add_serve_arguments  # argparse only; the web stack loads later
 
     add_serve_arguments(v)
     return parser
@@ -296,14 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "compare":
             out = compare_command(cfg, args.run_a, args.run_b, args.metrics, args.per_class)
         elif args.command == "sweep":
-            from hmpcl_lib.tracking import sweep
+            from hmpcl_lib.experiments.variants import SWEEP
 
-            out = sweep_command(args.data_root, args.variants or list(sweep.VARIANTS), args.seeds, args.overrides,
+            out = sweep_command(args.data_root, args.variants or list(SWEEP), args.seeds, args.overrides,
                                 args.out, args.name, None if args.no_mlflow else cfg, args.protocol)
+        elif args.command == "sql":
+            out = sql_command(args.data_root, args.db, args.statement, args.tables, args.fmt or "table")
         elif args.command == "relog":
             out = relog_command(cfg, args.model_uri)
         elif args.command == "serve":
-            from hmpcl_lib.serve.cli import serve
+            from hmpcl_lib.cli.serve import serve
 
             out = serve(args, cfg.tracking_uri, cfg.registered_model)
         else:

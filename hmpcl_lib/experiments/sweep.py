@@ -2,10 +2,11 @@
 
 Each (variant, seed) is trained on the train split, its test split embedded once from the projection head's output
 and once from the backbone's pooled features (SimCLR's pre-head representation), and benchmarked under both
-protocols of `evaluation` (the DeepPatent headline and leave-one-out). The per-query metrics of every run are kept
-as Parquet under the sweep folder (`<variant>/seed=<n>.parquet`), so a killed sweep resumes where it stopped and the
-summary can be recomputed at any time. With a tracking config, the sweep is one MLflow parent run and every
-(variant, seed) a child run holding its params and overall metrics.
+protocols of `evaluation` (the DeepPatent headline and leave-one-out). Training and evaluation read the decoded
+pixel store under the data root (`hmpcl sweep` passes it), as the pipeline's comparison does: one evaluation path.
+The per-query metrics of every run are kept as Parquet under the sweep folder (`<variant>/seed=<n>.parquet`), so a
+killed sweep resumes where it stopped and the summary can be recomputed at any time. With a tracking config, the
+sweep is one MLflow parent run and every (variant, seed) a child run holding its params and overall metrics.
 
 The summary has one row per variant: mean ± sd over seeds of each metric, the paired difference to the baseline
 (per-query metrics averaged over the seeds both ran, then a paired bootstrap over queries: 95 % interval) and
@@ -32,46 +33,37 @@ PARETO_METRICS = ("patent_map", "subclass_map_at_100", "class_map_at_100")
 SUMMARY_METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100",
                    "graded_ndcg_at_10")
 
-# The hypotheses of issue 11, each a set of TrainConfig overrides (scores default to s = 1 / 0.5 / 0.25).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"loss": "baseline"},
-    "paper": {"loss": "hierarchical", "target": "item"},
-    "item-s.25-.05": {"loss": "hierarchical", "target": "item", "s_subclass": 0.25, "s_class": 0.05},
-    "item-s.1-.02": {"loss": "hierarchical", "target": "item", "s_subclass": 0.1, "s_class": 0.02},
-    "level": {"loss": "hierarchical", "target": "level"},
-    "cumulative": {"loss": "hierarchical", "target": "cumulative"},
-    "cumulative-s.25-.1": {"loss": "hierarchical", "target": "cumulative", "s_subclass": 0.25, "s_class": 0.1},
-    "cumulative-4-subclasses": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 4},
-    "cumulative-1-subclass": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 1},
-    "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
-    "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
-    "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0},
-}
-
-
 def run_path(out_dir: str | Path, variant: str, seed: int) -> Path:
     return Path(out_dir) / variant / f"seed={seed}.parquet"
 
 
 def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.DataFrame, splits: pl.DataFrame,
-            base, out_dir: str | Path) -> pl.DataFrame:
+            base, out_dir: str | Path, data_root: str | Path | None = None) -> pl.DataFrame:
     """Train and evaluate one (variant, seed); per-query metrics for every protocol x features, saved atomically.
 
-    An existing result file is read instead of training again (the sweep resumes).
+    An existing result file is read instead of training again (the sweep resumes). With `data_root`, training and
+    evaluation read the decoded pixel store at the variant's image size (built once under `data_root/pixels/`),
+    as the pipeline's comparison does; without, they decode the PNGs.
     """
-    from hmpcl_lib.tracking.experiment import evaluate_protocols, train_rows
+    from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows
     from hmpcl_lib.train.loop import train
 
     path = run_path(out_dir, variant, seed)
     if path.exists():
         return pl.read_parquet(path)
     config = dataclasses.replace(base, **overrides, seed=seed)
+    store = None
+    if data_root is not None:
+        from hmpcl_lib.modeling.pixels import ensure_pixel_store
+
+        store = ensure_pixel_store(hierarchy, data_root, config.image_size)
+        config = dataclasses.replace(config, pixel_store=str(store.path))
     with tempfile.TemporaryDirectory() as tmp:
         result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
     frames = []
     for features in FEATURES:
         for protocol, bench in evaluate_protocols(result.model, hierarchy, splits, config.image_size,
-                                                  features=features).items():
+                                                  features=features, pixel_store=store).items():
             frames.append(bench.per_query.with_columns(
                 variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features)))
     frame = pl.concat(frames).with_columns(
@@ -153,7 +145,8 @@ def markdown(summary: pl.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) ->
 
 
 def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str, dict[str, Any]],
-              seeds: Iterable[int], base, out_dir: str | Path, tracking_cfg=None, name: str = "sweep") -> pl.DataFrame:
+              seeds: Iterable[int], base, out_dir: str | Path, tracking_cfg=None, name: str = "sweep",
+              data_root: str | Path | None = None) -> pl.DataFrame:
     """Every variant x seed (seed-major, so a partial sweep already compares all variants); returns all per-query
     rows. With `tracking_cfg`, a parent MLflow run `name` and one child run per (variant, seed)."""
     frames = []
@@ -161,7 +154,7 @@ def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str,
     for seed in seeds:
         for variant, overrides in variants.items():
             fresh = not run_path(out_dir, variant, seed).exists()
-            frame = run_one(variant, overrides, seed, hierarchy, splits, base, out_dir)
+            frame = run_one(variant, overrides, seed, hierarchy, splits, base, out_dir, data_root)
             frames.append(frame)
             if parent is not None and fresh:
                 _log_child(tracking_cfg, parent, variant, seed, dataclasses.replace(base, **overrides, seed=seed),

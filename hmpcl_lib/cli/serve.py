@@ -17,11 +17,11 @@ from pathlib import Path
 
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.layout import DataLayout, default_data_root
+from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS
 from hmpcl_lib.serve.limits import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_MAX_PIXELS = 50_000_000  # hmpcl_lib.retrieval.search's (not imported here: `hmpcl --help` stays instant)
 RUN_FIRST = "run `make run` first (or pass --model-checkpoint and --index)"
 
 
@@ -71,26 +71,26 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
     import polars as pl
 
     from hmpcl_lib.retrieval.index import VectorIndex
-    from hmpcl_lib.retrieval.search import Searcher, _load_model, default_index_dir
+    from hmpcl_lib.retrieval.search import Searcher
+    from hmpcl_lib.tracking.model_source import champion_uri, index_dir_of, load_query_model
     from hmpcl_lib.serve.app import create_app
 
     layout = DataLayout(Path(args.data_root))
     if not layout.hierarchy_path.is_file():
         raise HmpclError(f"no hierarchy table at {layout.hierarchy_path}: {RUN_FIRST}, or pass --data-root")
-    model_uri = args.model_uri or f"models:/{registered_model}@champion"
-    spec = argparse.Namespace(model_checkpoint=args.model_checkpoint, model_uri=model_uri, tracking_uri=tracking_uri)
+    model_uri = args.model_uri or champion_uri(registered_model)
     if not args.model_checkpoint and tracking_uri.startswith("sqlite:///"):
         store = Path(tracking_uri.removeprefix("sqlite:///"))
         if not store.is_file():
             raise HmpclError(f"no MLflow store at {store.resolve()} (tracking URI {tracking_uri}): {RUN_FIRST}")
     try:
-        index_dir = Path(args.index or default_index_dir(spec, layout))
+        index_dir = Path(args.index or index_dir_of(model_uri, args.model_checkpoint, tracking_uri, layout))
     except InputError as exc:
         raise HmpclError(f"no champion model to serve ({exc}): {RUN_FIRST}") from exc
     if not (index_dir / "index.faiss").is_file():
         raise HmpclError(f"no gallery index at {index_dir}: {RUN_FIRST}, or pass --index DIR")
     try:
-        model = _load_model(spec)
+        model = load_query_model(model_uri, args.model_checkpoint, tracking_uri)
     except InputError as exc:
         raise HmpclError(f"cannot load the model ({exc}): {RUN_FIRST}") from exc
     searcher = Searcher(model, VectorIndex.load(index_dir, use_gpu=False), pl.read_parquet(layout.hierarchy_path),

@@ -17,7 +17,9 @@ from typing import Callable
 import polars as pl
 
 from hmpcl_lib import tracking
-from hmpcl_lib.io import file_sha256
+from hmpcl_lib.io import atomic_dir, file_sha256
+from hmpcl_lib.retrieval.evaluation import PROTOCOLS
+from hmpcl_lib.splits import split_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +38,9 @@ class TrainedModel:
     params: dict = dataclasses.field(default_factory=dict)
 
 
-# The model comparison's variants (the `variant_encoder` / `variant_benchmark` partitions): the untouched ImageNet
-# backbone, and TrainConfig overrides for the trained ones. "hierarchical" keeps TrainConfig's own target
-# ("cumulative", the winner of `hmpcl sweep`); more entries of `sweep.VARIANTS` can be added here.
-COMPARISON_VARIANTS: dict[str, dict | None] = {
-    "pretrained": None,
-    "baseline": {"loss": "baseline"},
-    "hierarchical": {"loss": "hierarchical"},
-}
-
-
-def variant_config(config, variant: str):
-    """`config` with the variant's overrides (unchanged for "pretrained", which is not trained)."""
-    if variant not in COMPARISON_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(COMPARISON_VARIANTS)}")
-    return dataclasses.replace(config, **(COMPARISON_VARIANTS[variant] or {}))
-
-
 def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     """The training split of the hierarchy table (what the encoder may see)."""
-    train_ids = splits.filter(pl.col("split") == "train").select("drawing_id")
-    return hierarchy.join(train_ids, on="drawing_id", how="semi").sort("drawing_id")
+    return split_rows(hierarchy, splits, "train")
 
 
 def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Path) -> str:
@@ -147,14 +131,11 @@ def save_variant_results(results: dict, out_dir: str | Path, info: dict) -> Path
     """{protocol: BenchmarkResult} of one variant → `<out_dir>/<protocol>.{metrics,per_query,recall}.parquet` and
     `variant.json` (`info`: run id, fingerprints), written to a temp dir and renamed (never half-written)."""
     import json
-    import shutil
 
     from hmpcl_lib.retrieval.evaluation import recall_at_k_curve
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for protocol, result in results.items():
             result.metrics.write_parquet(tmp / f"{protocol}.metrics.parquet")
             if result.per_query is not None:
@@ -162,11 +143,6 @@ def save_variant_results(results: dict, out_dir: str | Path, info: dict) -> Path
             ks, values = recall_at_k_curve(result)
             pl.DataFrame({"k": ks, "recall": values}).write_parquet(tmp / f"{protocol}.recall.parquet")
         (tmp / "variant.json").write_text(json.dumps({**info, "protocols": sorted(results)}, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -240,8 +216,7 @@ def overall_metrics(metrics: pl.DataFrame) -> dict[str, float]:
 
 def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     """Hierarchy rows of the test split (queries and gallery)."""
-    ids = splits.filter(pl.col("split") == "test").select("drawing_id")
-    return hierarchy.join(ids, on="drawing_id", how="semi").sort("drawing_id")
+    return split_rows(hierarchy, splits, "test")
 
 
 def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
@@ -269,7 +244,7 @@ def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_s
 
 
 def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
-                       protocols=("deeppatent", "leave_one_out"), features: str = "head", pixel_store=None) -> dict:
+                       protocols=PROTOCOLS, features: str = "head", pixel_store=None) -> dict:
     """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}."""
     from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 

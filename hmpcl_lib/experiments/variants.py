@@ -1,0 +1,45 @@
+"""The one registry of model variants: the comparison's partitions and the sweep's hypotheses, by name.
+
+A variant is the TrainConfig overrides that define it, or None for the untouched ImageNet backbone (not trained).
+`COMPARISON` names the variants of the model comparison (the `variant_encoder` / `variant_benchmark` partitions);
+`hmpcl sweep` trains any trained variant over seeds, by default `SWEEP`. "hierarchical" keeps TrainConfig's own
+target ("cumulative", the winner of the issue-11 sweep), so it trains what TrainConfig's default trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "pretrained": None,
+    "baseline": {"loss": "baseline"},
+    "hierarchical": {"loss": "hierarchical"},
+    # the hypotheses of issue 11 (scores default to s = 1 / 0.5 / 0.25)
+    "paper": {"loss": "hierarchical", "target": "item"},
+    "item-s.25-.05": {"loss": "hierarchical", "target": "item", "s_subclass": 0.25, "s_class": 0.05},
+    "item-s.1-.02": {"loss": "hierarchical", "target": "item", "s_subclass": 0.1, "s_class": 0.02},
+    "level": {"loss": "hierarchical", "target": "level"},
+    "cumulative": {"loss": "hierarchical", "target": "cumulative"},
+    "cumulative-s.25-.1": {"loss": "hierarchical", "target": "cumulative", "s_subclass": 0.25, "s_class": 0.1},
+    "cumulative-4-subclasses": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 4},
+    "cumulative-1-subclass": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 1},
+    "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
+    "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
+    "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0},
+}
+COMPARISON = ("pretrained", "baseline", "hierarchical")
+TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
+SWEEP = tuple(name for name in TRAINED if name != "hierarchical")  # "hierarchical" trains what "cumulative" does
+
+
+def overrides(variant: str) -> dict[str, Any] | None:
+    """The variant's TrainConfig overrides (None: the untouched backbone); ValueError names the known ones."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+def variant_config(config, variant: str):
+    """`config` with the variant's overrides (unchanged for "pretrained", which is not trained)."""
+    return dataclasses.replace(config, **(overrides(variant) or {}))
