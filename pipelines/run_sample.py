@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nModel comparison on the sample test split (patent-level and hierarchy-level retrieval):\n")
     print(markdown_table(table, max_rows=10))
     print("\nDagster UI: make dev  →  http://127.0.0.1:3000    MLflow UI: make mlflow  →  http://127.0.0.1:5000")
+    print('Ask the results in SQL: .venv/bin/hmpcl sql --tables   (README "Ask the results")')
     return 0
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 from pipelines.defs.assets.data import (decoded_drawings, drawings, lic_codes, lic_hierarchy, raw_archives, splits,
                                         year_partitions)
 from pipelines.defs.assets.comparison import model_comparison, variant_benchmark, variant_encoder, variant_partitions
+from pipelines.defs.assets.results import results_db
 from pipelines.defs.assets.retrieval import champion_model, corpus_embeddings, gallery_index, retrieval_benchmark
 from pipelines.defs.assets.training import trained_encoder
 
@@ -40,8 +41,9 @@ compare_variants = dg.define_asset_job(
 )
 
 compare_models = dg.define_asset_job(
-    "compare_models", selection=[model_comparison],
-    description="The pretrained / baseline / hierarchical table with paired intervals, from the saved variants.",
+    "compare_models", selection=[model_comparison, results_db],
+    description="The pretrained / baseline / hierarchical table with paired intervals, from the saved variants, then "
+                "the results database (`hmpcl sql`) over every benchmark, variant, sweep and MLflow run.",
 )
 
 ALL_JOBS = [ingest_year, retrain, full_pipeline, compare_variants, compare_models]
