@@ -251,7 +251,7 @@ def test_jobs_select_the_documented_assets():
                                    "gallery_index", "retrieval_benchmark", "champion_model"}
     assert "lic_codes" in selected("full_pipeline") and "model_comparison" not in selected("full_pipeline")
     assert selected("compare_variants") == {"variant_encoder", "variant_benchmark"}
-    assert selected("compare_models") == {"model_comparison"}
+    assert selected("compare_models") == {"model_comparison", "results_db"}
     assert defs.resolve_job_def("compare_variants").partitions_def.get_partition_keys() == [
         "pretrained", "baseline", "hierarchical"]
     assert defs.get_assets_def("variant_encoder").op.pool == "gpu"
