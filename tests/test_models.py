@@ -212,3 +212,32 @@ def test_pickled_modules_are_refused_and_safetensors_round_trip(tmp_path, monkey
             again = load_encoder(tmp_path / name)
             assert again.config == encoder.config
             torch.testing.assert_close(again(x), expected)
+
+
+def test_feature_views_share_the_weights_and_fused_is_the_mean_of_two_cosines(tmp_path):
+    """`feature_view`: head, pooled and fused embeddings of one set of weights; the fused vector is unit length, its
+    cosine the mean of the head's and the pooled features' cosines, and a saved fused encoder loads as fused."""
+    from hmpcl_lib.modeling.models import FEATURES, feature_view, pooled_view, save_encoder_safetensors
+
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_lite0", embed_dim=8, weights="none", image_size=32).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        head, pooled = encoder(x), pooled_view(encoder)(x)
+        views = {f: feature_view(encoder, f) for f in FEATURES}
+        fused = views["fused"](x)
+        torch.testing.assert_close(views["head"](x), head)
+        torch.testing.assert_close(views["pooled"](x), pooled)
+    assert fused.shape == (3, 8 + 1280) and views["fused"].output_dim == 8 + 1280
+    torch.testing.assert_close(fused.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(fused @ fused.T, (head @ head.T + pooled @ pooled.T) / 2)
+    assert views["fused"].backbone is encoder.backbone and views["fused"].head is encoder.head
+    assert encoder.config.get("features", "head") == "head"  # a view leaves the encoder as it was
+    save_encoder_safetensors(views["fused"], tmp_path / "fused.safetensors")
+    again = load_encoder(tmp_path / "fused.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), fused)
+    untouched = build_encoder(embed_dim=None, weights="none").eval()
+    assert all(feature_view(untouched, f) is untouched for f in FEATURES)  # no head: one view only
+    with pytest.raises(ValueError, match="features must be one of"):
+        feature_view(encoder, "both")

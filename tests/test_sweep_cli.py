@@ -39,16 +39,21 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     root = _data_root(tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # MLflow artifacts land under the test folder
-    args = ["sweep", "--data-root", str(root), "--variant", "cumulative", "--seeds", "0", "--tracking-uri", uri,
-            "--name", "tiny", *[a for s in TINY for a in ("--set", s)]]
+    args = ["sweep", "--data-root", str(root), "--variant", "cumulative", "--variant", "pretrained", "--seeds", "0",
+            "--tracking-uri", uri, "--name", "tiny", *[a for s in TINY for a in ("--set", s)]]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     rows = [[c.strip() for c in line.strip("|").split("|")][:3] for line in out.splitlines() if line.startswith("|")]
     assert ["baseline", "head", "1"] in rows and ["cumulative", "pooled", "1"] in rows and "Δ" in out
+    assert ["cumulative", "fused", "1"] in rows and ["pretrained", "head", "1"] in rows
+    folder = root / "sweeps" / "tiny"
     for variant in ("baseline", "cumulative"):
-        saved = pl.read_parquet(sweep.run_path(root / "sweeps" / "tiny", variant, 0))
-        assert set(saved["protocol"]) == {"deeppatent", "leave_one_out"} and set(saved["features"]) == {"head", "pooled"}
-        assert saved.filter(pl.col("protocol") == "leave_one_out").height == 3 * 2 * 2 * 2 * 2  # test drawings x 2
+        saved = pl.read_parquet(sweep.run_path(folder, variant, 0))
+        assert set(saved["protocol"]) == {"deeppatent", "leave_one_out"} and set(saved["features"]) == set(sweep.FEATURES)
+        assert saved.filter(pl.col("protocol") == "leave_one_out").height == 3 * 2 * 2 * 2 * 3  # test drawings x 3
+        assert sweep.model_path(folder, variant, 0).exists()  # the trained encoder, kept for later views
+    untouched = pl.read_parquet(sweep.run_path(folder, "pretrained", 0))  # scored, not trained: one view, no model
+    assert set(untouched["features"]) == {"head"} and not sweep.model_path(folder, "pretrained", 0).exists()
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["hmpcl"])
     parent = runs[runs["tags.mlflow.runName"] == "tiny"]
@@ -57,8 +62,16 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     assert children["metrics.leave_one_out.head.patent_map"].between(0, 1).all()
 
     monkeypatch.setattr("hmpcl_lib.train.loop.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    path = sweep.run_path(folder, "cumulative", 0)
+    full = pl.read_parquet(path)
+    full.filter(pl.col("features") != "fused").write_parquet(path)  # a run saved before the fused view existed
     assert cli.main(args) == 0
     assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs)
+    completed = pl.read_parquet(path)  # the missing view scored again from the saved model
+    assert completed.height == full.height and set(completed["features"]) == set(sweep.FEATURES)
+    means = [sweep.overall(f.filter(pl.col("features") == "fused")).sort("protocol") for f in (full, completed)]
+    # the same weights (a saved file holds the contiguous layout, training ran channels_last: float noise only)
+    assert abs(means[0]["patent_map"] - means[1]["patent_map"]).max() < 0.05
 
 
 def test_sweep_refuses_unknown_variants_and_missing_data(tmp_path, capsys):
@@ -73,5 +86,6 @@ def test_the_sweep_and_the_comparison_share_one_variant_registry(tmp_path, capsy
 
     assert set(variants.COMPARISON) <= set(variants.VARIANTS) and set(variants.SWEEP) <= set(variants.TRAINED)
     assert variants.VARIANTS["pretrained"] is None and "pretrained" not in variants.TRAINED
-    assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "pretrained", "--no-mlflow"]) == 1
-    assert "unknown variant(s) ['pretrained'] for a sweep" in capsys.readouterr().err
+    assert "pretrained" in variants.UNTOUCHED and not set(variants.UNTOUCHED) & set(variants.TRAINED)
+    assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "pretrained-999px", "--no-mlflow"]) == 1
+    assert "unknown variant(s) ['pretrained-999px'] for a sweep" in capsys.readouterr().err

@@ -180,12 +180,13 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
     import polars as pl
 
     from hmpcl_lib.experiments import sweep
-    from hmpcl_lib.experiments.variants import TRAINED, VARIANTS
+    from hmpcl_lib.experiments.variants import TRAINED, UNTOUCHED, VARIANTS
     from hmpcl_lib.train.config import TrainConfig, config_from_strings
 
-    unknown = [v for v in variants if v not in TRAINED]
+    unknown = [v for v in variants if v not in TRAINED and v not in UNTOUCHED]
     if unknown:
-        raise HmpclError(f"unknown variant(s) {unknown} for a sweep, which trains one of: {', '.join(TRAINED)}")
+        raise HmpclError(f"unknown variant(s) {unknown} for a sweep, which trains one of: {', '.join(TRAINED)} "
+                         f"or scores the untouched backbone: {', '.join(UNTOUCHED)}")
     if "baseline" not in variants:
         variants = ["baseline", *variants]
     layout = DataLayout(Path(data_root))
@@ -196,8 +197,9 @@ def sweep_command(data_root: str, variants: list[str], seeds: list[int], overrid
     base = config_from_strings(overrides, TrainConfig())
     out_dir = Path(out) if out else layout.sweeps_dir / name
     frame = sweep.run_sweep(pl.read_parquet(paths[0]), pl.read_parquet(paths[1]),
-                            {v: VARIANTS[v] for v in variants}, seeds, base, out_dir, cfg, name=name,
-                            data_root=layout.root)  # the comparison's evaluation path: the decoded pixel store
+                            {v: VARIANTS[v] for v in variants if v in TRAINED}, seeds, base, out_dir, cfg, name=name,
+                            data_root=layout.root,  # the comparison's evaluation path: the decoded pixel store
+                            untouched={v: UNTOUCHED[v] for v in variants if v in UNTOUCHED})
     tables = [f"## {protocol} protocol, {features} features (Δ: paired 95 % interval vs baseline, head features)\n\n"
               + sweep.markdown(sweep.summarise(frame, protocol=protocol, features=features))
               for features in sweep.FEATURES]

@@ -221,15 +221,16 @@ def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
 
 def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
                features: str = "head", pixel_store=None):
-    """(drawing ids, [N, D] vectors) of the test split; `features="pooled"` skips the projection head;
-    `pixel_store` reads decoded pixels instead of the PNGs (hmpcl_lib.modeling.pixels)."""
+    """(drawing ids, [N, D] vectors) of the test split; `features` picks the view (`models.FEATURES`: "pooled"
+    skips the projection head, "fused" joins both); `pixel_store` reads decoded pixels instead of the PNGs
+    (hmpcl_lib.modeling.pixels)."""
     from hmpcl_lib.retrieval.embedding import embed_paths
-    from hmpcl_lib.modeling.models import pooled_view
+    from hmpcl_lib.modeling.models import FEATURES, feature_view
 
-    if features not in ("head", "pooled"):
-        raise ValueError(f"features must be 'head' or 'pooled', got {features!r}")
-    if features == "pooled" and hasattr(model, "backbone"):
-        model = pooled_view(model)
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if hasattr(model, "backbone"):
+        model = feature_view(model, features)
     rows = test_rows(hierarchy, splits)
     vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size,
                           pixel_store=pixel_store)

@@ -24,11 +24,11 @@ from typing import Any, Iterable
 import polars as pl
 
 from hmpcl_lib.io import atomic_path
+from hmpcl_lib.modeling.models import FEATURES  # the views every trained run is scored on
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("head", "pooled")
 PARETO_METRICS = ("patent_map", "subclass_map_at_100", "class_map_at_100")
 SUMMARY_METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100",
                    "graded_ndcg_at_10")
@@ -37,38 +37,92 @@ def run_path(out_dir: str | Path, variant: str, seed: int) -> Path:
     return Path(out_dir) / variant / f"seed={seed}.parquet"
 
 
+def model_path(out_dir: str | Path, variant: str, seed: int) -> Path:
+    """The trained encoder of a (variant, seed), kept beside its results so other features can be evaluated later
+    without training again (`load_encoder` reads it; nothing is unpickled)."""
+    return Path(out_dir) / variant / f"seed={seed}.safetensors"
+
+
 def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.DataFrame, splits: pl.DataFrame,
-            base, out_dir: str | Path, data_root: str | Path | None = None) -> pl.DataFrame:
+            base, out_dir: str | Path, data_root: str | Path | None = None, trained: bool = True) -> pl.DataFrame:
     """Train and evaluate one (variant, seed); per-query metrics for every protocol x features, saved atomically.
 
-    An existing result file is read instead of training again (the sweep resumes). With `data_root`, training and
-    evaluation read the decoded pixel store at the variant's image size (built once under `data_root/pixels/`),
-    as the pipeline's comparison does; without, they decode the PNGs.
+    An existing result file is read instead of training again (the sweep resumes); one that lacks a view of
+    FEATURES is completed from the saved model. With `data_root`, training and evaluation read the decoded pixel
+    store at the variant's image size (built once under `data_root/pixels/`), as the pipeline's comparison does;
+    without, they decode the PNGs. `trained=False` scores the untouched backbone at the config (no training: its
+    pooled features, recorded as "head", the only view it has).
     """
     from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows
     from hmpcl_lib.train.loop import train
 
+    from hmpcl_lib.modeling.models import build_encoder, save_encoder_safetensors
+
     path = run_path(out_dir, variant, seed)
-    if path.exists():
-        return pl.read_parquet(path)
-    config = dataclasses.replace(base, **overrides, seed=seed)
+    saved = pl.read_parquet(path) if path.exists() else None
+    if saved is not None and not _missing_views(saved, model_path(out_dir, variant, seed)):
+        return saved
+    config = dataclasses.replace(base, **(overrides or {}), seed=seed)
     store = None
     if data_root is not None:
         from hmpcl_lib.modeling.pixels import ensure_pixel_store
 
         store = ensure_pixel_store(hierarchy, data_root, config.image_size)
         config = dataclasses.replace(config, pixel_store=str(store.path))
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
+    if saved is not None:
+        return _complete_views(saved, path, model_path(out_dir, variant, seed), hierarchy, splits,
+                               config.image_size, store)
+    if not trained:
+        model, history = build_encoder(config.backbone, None, config.weights, image_size=config.image_size), []
+        features_of: tuple[str, ...] = ("head",)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
+        model, history, features_of = result.model, result.history, FEATURES
+        model_path(out_dir, variant, seed).parent.mkdir(parents=True, exist_ok=True)
+        save_encoder_safetensors(model, model_path(out_dir, variant, seed))
     frames = []
-    for features in FEATURES:
-        for protocol, bench in evaluate_protocols(result.model, hierarchy, splits, config.image_size,
+    for features in features_of:
+        for protocol, bench in evaluate_protocols(model, hierarchy, splits, config.image_size,
                                                   features=features, pixel_store=store).items():
             frames.append(bench.per_query.with_columns(
                 variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features)))
     frame = pl.concat(frames).with_columns(
-        final_loss=pl.lit(next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)))
+        final_loss=pl.lit(next((h["epoch_loss"] for h in reversed(history) if "epoch_loss" in h), None)))
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp_path:
+        frame.write_parquet(tmp_path)
+    return frame
+
+
+def _missing_views(frame: pl.DataFrame, saved_model: Path) -> list[str]:
+    """Views of FEATURES a saved run lacks and can still get from its saved model (none for the untouched
+    backbone, which has one view, or for a run saved without its model)."""
+    if not saved_model.exists() or frame["features"].n_unique() < 2:
+        return []
+    return [f for f in FEATURES if f not in set(frame["features"].unique())]
+
+
+def _complete_views(frame: pl.DataFrame, path: Path, saved_model: Path, hierarchy: pl.DataFrame,
+                    splits: pl.DataFrame, image_size: int, store) -> pl.DataFrame:
+    """A saved run's per-query metrics with every view of FEATURES: views added since it ran are scored from the
+    saved model (no training) and the file rewritten atomically."""
+    from hmpcl_lib.experiments.runs import evaluate_protocols
+    from hmpcl_lib.modeling.models import load_encoder
+
+    missing = _missing_views(frame, saved_model)
+    if not missing:
+        return frame
+    model = load_encoder(saved_model)
+    first = frame.row(0, named=True)
+    frames = [frame]
+    for features in missing:
+        for protocol, bench in evaluate_protocols(model, hierarchy, splits, image_size, features=features,
+                                                  pixel_store=store).items():
+            frames.append(bench.per_query.with_columns(
+                variant=pl.lit(first["variant"]), seed=pl.lit(first["seed"]), protocol=pl.lit(protocol),
+                features=pl.lit(features), final_loss=pl.lit(first["final_loss"])))
+    frame = pl.concat(frames, how="diagonal_relaxed")
     with atomic_path(path) as tmp_path:
         frame.write_parquet(tmp_path)
     return frame
@@ -146,12 +200,17 @@ def markdown(summary: pl.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) ->
 
 def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str, dict[str, Any]],
               seeds: Iterable[int], base, out_dir: str | Path, tracking_cfg=None, name: str = "sweep",
-              data_root: str | Path | None = None) -> pl.DataFrame:
+              data_root: str | Path | None = None, untouched: dict[str, dict[str, Any]] | None = None) -> pl.DataFrame:
     """Every variant x seed (seed-major, so a partial sweep already compares all variants); returns all per-query
-    rows. With `tracking_cfg`, a parent MLflow run `name` and one child run per (variant, seed)."""
+    rows. `untouched` ({name: overrides}) are scored untrained (the references a trained variant must beat), under
+    every seed too, so they pair with the trained runs like any variant (their scores do not depend on the seed).
+    With `tracking_cfg`, a parent MLflow run `name` and one child run per trained (variant, seed)."""
+    seeds = list(seeds)
     frames = []
-    parent = _parent_run(tracking_cfg, name, variants, list(seeds), base) if tracking_cfg else None
+    parent = _parent_run(tracking_cfg, name, variants, seeds, base) if tracking_cfg else None
     for seed in seeds:
+        frames += [run_one(v, o, seed, hierarchy, splits, base, out_dir, data_root, trained=False)
+                   for v, o in (untouched or {}).items()]
         for variant, overrides in variants.items():
             fresh = not run_path(out_dir, variant, seed).exists()
             frame = run_one(variant, overrides, seed, hierarchy, splits, base, out_dir, data_root)

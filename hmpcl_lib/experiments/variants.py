@@ -27,10 +27,16 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
     "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
     "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0},
+    # the hypotheses of issue 22 (README "Quality study"): more class pull, more pixels
+    "cumulative-class-.4": {"loss": "hierarchical", "target": "cumulative", "s_class": 0.4},
+    "cumulative-160px": {"loss": "hierarchical", "target": "cumulative", "image_size": 160},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
 SWEEP = tuple(name for name in TRAINED if name != "hierarchical")  # "hierarchical" trains what "cumulative" does
+# The untouched ImageNet backbone at other input sizes: what a variant trained at that size must beat. The sweep
+# scores them without training ({name: TrainConfig overrides}); "pretrained" is the backbone at the base config.
+UNTOUCHED: dict[str, dict[str, Any]] = {"pretrained": {}, "pretrained-160px": {"image_size": 160}}
 
 
 def overrides(variant: str) -> dict[str, Any] | None:

@@ -67,11 +67,25 @@ class Encoder(nn.Module):
 
     @property
     def output_dim(self) -> int:
-        return self.config["embed_dim"] or self.config["num_features"]
+        head_dim = self.config["embed_dim"] or self.config["num_features"]
+        if self.config.get("features", "head") == "fused" and self.config["embed_dim"]:
+            return head_dim + self.config["num_features"]
+        return head_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.backbone(x))
-        return F.normalize(z.float(), dim=-1)
+        pooled = self.backbone(x)
+        z = F.normalize(self.head(pooled).float(), dim=-1)
+        if self.config.get("features", "head") == "fused" and self.config["embed_dim"]:
+            return torch.cat([z, F.normalize(pooled.float(), dim=-1)], dim=-1) * FUSED_SCALE
+        return z
+
+
+# What an encoder embeds (its config's "features"): the projection head's output (trained by the loss), the
+# backbone's pooled features (SimCLR's pre-head representation) or both, each L2-normalised, concatenated and
+# scaled by 1/sqrt(2): the fused vector is unit length and its cosine is the mean of the two cosines, so the pooled
+# features' fine detail votes next to the head's hierarchy (a late fusion of the two similarities).
+FEATURES = ("head", "pooled", "fused")
+FUSED_SCALE = 2 ** -0.5
 
 
 def pooled_view(encoder: Encoder) -> Encoder:
@@ -80,8 +94,22 @@ def pooled_view(encoder: Encoder) -> Encoder:
     SimCLR (Chen et al., ICML 2020) found the representation before the projection head transfers better than
     its output; retrieval can use either.
     """
-    config = {k: v for k, v in encoder.config.items() if k not in ("num_features", "embed_dim", "head")}
+    config = {k: v for k, v in encoder.config.items() if k not in ("num_features", "embed_dim", "head", "features")}
     return Encoder(encoder.backbone, None, encoder.config["head"], config).train(encoder.training)
+
+
+def feature_view(encoder: Encoder, features: str) -> Encoder:
+    """The same weights (shared, not copied) embedding `features` (FEATURES). An encoder without a head (the
+    untouched backbone) has only its pooled features: every view of it is that."""
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    if features == "pooled" or not encoder.config["embed_dim"]:
+        return pooled_view(encoder) if encoder.config["embed_dim"] else encoder
+    config = {k: v for k, v in encoder.config.items() if k not in ("num_features", "embed_dim", "head", "features")}
+    view = Encoder(encoder.backbone, None, encoder.config["head"], config)
+    view.head = encoder.head
+    view.config = dict(encoder.config, features=features)
+    return view.train(encoder.training)
 
 
 def build_encoder(

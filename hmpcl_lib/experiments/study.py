@@ -1,0 +1,169 @@
+"""A decision over sweeps on several samples, by a rule fixed before the results (the issue-22 quality study).
+
+`hmpcl sweep` scores variants over training seeds on one sample; a study pools the sweeps of several generated
+samples (other generator seeds, `scripts/sample_data.py`), so a configuration is chosen on samples it was not built
+on. `RULE` is the rule, written down (and committed) before any result of the study was looked at; `decide` applies
+it and `report` prints every candidate's row with its intervals, passing or not (the rejected rows are evidence too).
+
+Statistics: per-query metrics averaged over the training seeds a pair of runs share, queries of all samples pooled
+(ids prefixed by the sample), paired bootstrap 95 % interval over queries (`metrics.paired_bootstrap`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import polars as pl
+
+from hmpcl_lib.retrieval.metrics import paired_bootstrap
+
+RULE = """\
+Quality study rule (issue 22), fixed on 2026-12-03 before any result of the study was looked at.
+Data: generator seeds 1 and 2, training seeds 0, 1, 2 on each; TrainConfig defaults otherwise (128 px, 8 epochs);
+trained and scored from the pixel store (`hmpcl sweep`). Candidates: cumulative (the current default),
+cumulative-class-.4 and cumulative-160px, each with head and fused features. References: the baseline's head
+features; the untouched backbone at the candidate's image size (pretrained, pretrained-160px).
+A candidate passes when all hold, on the queries of both samples pooled:
+  R1  leave-one-out R@1 minus the untouched backbone's: 95 % interval above zero;
+  R2  headline (deeppatent) R@1 minus the untouched backbone's: mean above zero;
+  R3  leave-one-out class mAP@100 minus the baseline's: mean >= +0.10;
+  R4  leave-one-out subclass mAP@100 minus the baseline's: mean >= +0.03;
+  R5  leave-one-out patent mAP minus the baseline's: mean >= 0;
+  R6  R1, R3, R4 and R5 point the same way on each sample alone.
+Shipped: the passing candidate with the highest leave-one-out R@1 (ties: head before fused, 128 px before 160).
+If none passes, the default stays cumulative/head, unless a candidate passes R1, R2 and R5 and loses at most
+0.01 class and 0.005 subclass mAP@100 to cumulative/head: it then ships for R@1 and the README says class +10 was
+not reached. The README shows every candidate's row and, when none passes, the closest one (most criteria
+passed, then the smallest shortfall) and why. Confirmed on the default sample by `make run` with what ships.
+"""
+
+CANDIDATES = (("cumulative", "head"), ("cumulative", "fused"), ("cumulative-class-.4", "head"),
+              ("cumulative-class-.4", "fused"), ("cumulative-160px", "head"), ("cumulative-160px", "fused"))
+CURRENT = ("cumulative", "head")
+BASELINE = ("baseline", "head")
+UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px"}  # else "pretrained"
+METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
+
+
+def load_study(sweep_dirs: dict[str, str | Path]) -> pl.DataFrame:
+    """Every saved run of the sweeps {sample name: sweep folder}, with a `sample` column and sample-prefixed ids."""
+    frames = []
+    for sample, folder in sweep_dirs.items():
+        for path in sorted(Path(folder).glob("*/seed=*.parquet")):
+            frames.append(pl.read_parquet(path).with_columns(
+                sample=pl.lit(sample), drawing_id=pl.lit(f"{sample}/") + pl.col("drawing_id").cast(pl.String)))
+    if not frames:
+        raise FileNotFoundError(f"no sweep results under {list(sweep_dirs.values())}")
+    return pl.concat(frames, how="diagonal_relaxed").filter(~pl.col("excluded"))
+
+
+def compare(frame: pl.DataFrame, ours: tuple[str, str], ref: tuple[str, str], protocol: str,
+            metrics: Iterable[str] = METRICS, n_resamples: int = 2000) -> dict[str, dict]:
+    """{metric: {diff, low, high, n, seeds, per_sample: {sample: diff}}} of `ours` minus `ref` (variant, features):
+    per-query means over the seeds both ran on each sample, then a paired bootstrap over the pooled queries."""
+    metrics = list(metrics)
+    f = frame.filter(pl.col("protocol") == protocol)
+
+    def runs(key):
+        return f.filter((pl.col("variant") == key[0]) & (pl.col("features") == key[1]))
+
+    a_all, b_all = runs(ref), runs(ours)
+    a_parts, b_parts, seeds = [], [], {}
+    for sample in sorted(set(a_all["sample"].unique()) & set(b_all["sample"].unique())):
+        a, b = a_all.filter(pl.col("sample") == sample), b_all.filter(pl.col("sample") == sample)
+        shared = sorted(set(a["seed"].unique()) & set(b["seed"].unique()))
+        if not shared:
+            continue
+        seeds[sample] = shared
+
+        def mean(x):
+            return (x.filter(pl.col("seed").is_in(shared)).group_by("drawing_id")
+                    .agg(pl.col("sample").first(), *[pl.col(m).mean() for m in metrics]).sort("drawing_id"))
+        a_parts.append(mean(a))
+        b_parts.append(mean(b))
+    if not a_parts:
+        return {}
+    a, b = pl.concat(a_parts), pl.concat(b_parts)
+    out = {r["metric"]: dict(r, seeds=seeds) for r in
+           paired_bootstrap(a, b, metrics, n_resamples=n_resamples).iter_rows(named=True)}
+    joined = a.join(b, on="drawing_id", suffix="_b")
+    for m in metrics:
+        out[m]["per_sample"] = {s: float((g[f"{m}_b"] - g[m]).mean())
+                                for (s,), g in joined.group_by("sample", maintain_order=True)}
+    return out
+
+
+@dataclass
+class Verdict:
+    candidate: tuple[str, str]
+    checks: dict[str, bool]
+    numbers: dict[str, dict]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+
+def judge(frame: pl.DataFrame, candidate: tuple[str, str]) -> Verdict:
+    """The candidate against RULE's R1-R6."""
+    untouched = (UNTOUCHED_OF.get(candidate[0], "pretrained"), "head")
+    r1 = compare(frame, candidate, untouched, "leave_one_out", ["patent_recall_at_1"])
+    r2 = compare(frame, candidate, untouched, "deeppatent", ["patent_recall_at_1"])
+    base = compare(frame, candidate, BASELINE, "leave_one_out")
+    if not (r1 and r2 and base):
+        return Verdict(candidate, {"complete": False}, {})
+    r1, r2 = r1["patent_recall_at_1"], r2["patent_recall_at_1"]
+    cls, sub, pat = base["class_map_at_100"], base["subclass_map_at_100"], base["patent_map"]
+    same_way = (all(v > 0 for c in (r1, cls, sub) for v in c["per_sample"].values())
+                and all(v >= 0 for v in pat["per_sample"].values()))
+    checks = {"R1": r1["low"] > 0, "R2": r2["diff"] > 0, "R3": cls["diff"] >= 0.10, "R4": sub["diff"] >= 0.03,
+              "R5": pat["diff"] >= 0,
+              "R6": same_way}
+    return Verdict(candidate, checks, {"r1_loo": r1, "r1_headline": r2, "class": cls, "subclass": sub,
+                                       "patent": pat})
+
+
+def decide(frame: pl.DataFrame, candidates=CANDIDATES) -> tuple[tuple[str, str], list[Verdict], str]:
+    """(what ships, every verdict, why) by RULE."""
+    verdicts = [judge(frame, c) for c in candidates]
+    complete = [v for v in verdicts if v.checks.get("complete", True)]
+    passing = [v for v in complete if v.passed]
+    order = {c: i for i, c in enumerate(candidates)}  # candidates are listed cheapest first within a variant
+    if passing:
+        best = max(passing, key=lambda v: (round(v.numbers["r1_loo"]["diff"], 12), -order[v.candidate]))
+        return best.candidate, verdicts, "passes R1-R6 with the highest leave-one-out R@1"
+    current = next((v for v in complete if v.candidate == CURRENT), None)
+    fallback = []
+    for v in complete:
+        if v.candidate == CURRENT or not all(v.checks[k] for k in ("R1", "R2", "R5")) or current is None:
+            continue
+        if (v.numbers["class"]["diff"] >= current.numbers["class"]["diff"] - 0.01
+                and v.numbers["subclass"]["diff"] >= current.numbers["subclass"]["diff"] - 0.005):
+            fallback.append(v)
+    if fallback:
+        best = max(fallback, key=lambda v: (v.numbers["r1_loo"]["diff"], -order[v.candidate]))
+        return best.candidate, verdicts, "no candidate passes; ships for R@1 (R1, R2, R5, class/subclass kept)"
+    return CURRENT, verdicts, "no candidate passes and none beats the untouched backbone at R@1 without a loss"
+
+
+def report(verdicts: list[Verdict]) -> str:
+    """Markdown: one row per candidate, each difference with its 95 % interval, and which criteria it passed."""
+    def cell(d: dict) -> str:
+        return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+    lines = ["| variant | features | seeds | R@1 LOO vs untouched | R@1 headline vs untouched | class mAP@100 vs baseline "
+             "| subclass mAP@100 vs baseline | patent mAP vs baseline | passed | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        if not v.numbers:
+            lines.append(f"| {v.candidate[0]} | {v.candidate[1]} | – | not run yet | | | | | | |")
+            continue
+        seeds = ", ".join(f"{s}: {len(x)}" for s, x in v.numbers["class"]["seeds"].items())
+        passed = " ".join(k for k, ok in v.checks.items() if ok)
+        failed = " ".join(k for k, ok in v.checks.items() if not ok)
+        lines.append(f"| {v.candidate[0]} | {v.candidate[1]} | {seeds} | {cell(v.numbers['r1_loo'])} | "
+                     f"{cell(v.numbers['r1_headline'])} | {cell(v.numbers['class'])} | {cell(v.numbers['subclass'])} | "
+                     f"{cell(v.numbers['patent'])} | {passed} | {failed} |")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""The quality study's rule (hmpcl_lib.experiments.study) on made-up per-query results whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from hmpcl_lib.experiments import study
+
+N = 200  # queries per sample and protocol
+
+
+def _runs(variant, features, r1=0.4, cls=0.4, sub=0.5, patent=0.35, samples=("s1", "s2"), seeds=(0, 1, 2)):
+    """Per-query rows: each metric is its mean plus query noise shared by every variant (paired differences are
+    then exact), so a variant's difference to another is what the arguments say."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, N)
+    hits = rng.random(N)
+    frames = []
+    for sample in samples:
+        for seed in seeds:
+            for protocol in ("leave_one_out", "deeppatent"):
+                frames.append(pl.DataFrame({
+                    "drawing_id": [f"d{i}" for i in range(N)], "excluded": [False] * N,
+                    "patent_recall_at_1": (hits < r1).astype(float), "class_map_at_100": cls + noise,
+                    "subclass_map_at_100": sub + noise, "patent_map": patent + noise}).with_columns(
+                    variant=pl.lit(variant), features=pl.lit(features), seed=pl.lit(seed),
+                    protocol=pl.lit(protocol), sample=pl.lit(sample)))
+    return pl.concat(frames)
+
+
+def _frame(*extra):
+    refs = [_runs("baseline", "head"), _runs("pretrained", "head", r1=0.40), _runs("pretrained-160px", "head", r1=0.6)]
+    frame = pl.concat([*refs, *extra])
+    return frame.with_columns(drawing_id=pl.col("sample") + "/" + pl.col("drawing_id"))
+
+
+def test_a_candidate_that_clears_every_bar_ships_and_the_rest_are_reported():
+    frame = _frame(_runs("cumulative", "head", r1=0.42, cls=0.48, sub=0.53, patent=0.36),
+                   _runs("cumulative-class-.4", "head", r1=0.55, cls=0.52, sub=0.54, patent=0.36),
+                   _runs("cumulative-160px", "head", r1=0.58, cls=0.52, sub=0.54, patent=0.36))  # < its own untouched
+    shipped, verdicts, why = study.decide(frame)
+    assert shipped == ("cumulative-class-.4", "head") and "passes" in why
+    by = {v.candidate: v for v in verdicts}
+    assert by[("cumulative", "head")].checks["R3"] is False and by[("cumulative", "head")].checks["R4"] is True
+    assert by[("cumulative-160px", "head")].checks["R1"] is False  # compared with the backbone at 160 px
+    assert abs(by[("cumulative-class-.4", "head")].numbers["class"]["diff"] - 0.12) < 1e-9
+    table = study.report(verdicts)
+    assert "not run yet" in table and "| cumulative-class-.4 | head | s1: 3, s2: 3 |" in table
+
+
+def test_without_a_passing_candidate_the_default_stays_unless_one_wins_rank_one_at_no_cost():
+    current = _runs("cumulative", "head", r1=0.42, cls=0.48, sub=0.53, patent=0.36)
+    costly = _runs("cumulative", "fused", r1=0.60, cls=0.42, sub=0.50, patent=0.37)  # R@1 bought with class mAP
+    shipped, _, why = study.decide(_frame(current, costly))
+    assert shipped == study.CURRENT and "none beats" in why
+    cheap = _runs("cumulative", "fused", r1=0.60, cls=0.475, sub=0.529, patent=0.37)
+    shipped, _, why = study.decide(_frame(current, cheap))
+    assert shipped == ("cumulative", "fused") and "for R@1" in why
+
+
+def test_a_gain_on_one_sample_only_fails_r6():
+    one = _runs("cumulative", "head", r1=0.55, cls=0.64, sub=0.60, patent=0.40, samples=("s1",))
+    other = _runs("cumulative", "head", r1=0.55, cls=0.38, sub=0.60, patent=0.40, samples=("s2",))
+    verdict = study.judge(_frame(one, other), ("cumulative", "head"))
+    assert verdict.checks["R3"] and not verdict.checks["R6"] and not verdict.passed
