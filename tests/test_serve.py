@@ -353,3 +353,42 @@ def test_an_indexed_drawing_missing_from_the_catalog_is_answered_by_its_id(corpu
         body = Path(hierarchy["image_path"][0]).read_bytes()
         first = c.post("/api/search?k=3", content=body, headers={"Content-Type": "image/png"}).json()["results"][0]
     assert first["drawing_id"] == missing and first["patent_id"] is None and first["class_title"] is None
+
+
+def test_large_uploads_decode_in_the_low_priority_lane_and_small_ones_do_not(corpus, monkeypatch):
+    """An upload whose header is above `Limits.large_upload_pixels` decodes on a thread of the large-decode lane
+    (lower OS priority on Linux), a small one on the normal pool; both answer the same results as before."""
+    import os
+    import sys
+    import threading
+
+    layout, searcher, hierarchy = corpus
+    row = hierarchy.row(2, named=True)
+    small = Path(row["image_path"]).read_bytes()
+    with Image.open(io.BytesIO(small)) as img:
+        side = img.size
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(small)).resize((side[0] * 3, side[1] * 3)).save(buf, "PNG")
+    large = buf.getvalue()
+    threshold = side[0] * side[1] * 2  # between the two
+    seen = []
+    decode = searcher.pixels_of_bytes
+
+    def spy(data, *args, **kwargs):
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid) if sys.platform.startswith("linux") else None
+        seen.append((len(data), threading.current_thread().name, nice))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(searcher, "pixels_of_bytes", spy)
+    app = create_app(searcher, layout, limits=Limits(large_upload_pixels=threshold))
+    with TestClient(app) as c:
+        for body in (small, large):
+            resp = c.post("/api/search?k=3", content=body, headers={"Content-Type": "image/png"})
+            assert resp.status_code == 200 and resp.json()["results"][0]["patent_id"] == row["patent_id"]
+        assert c.post("/api/search", content=b"not an image").status_code == 415  # no header: the normal lane
+    lanes = {size: (name, nice) for size, name, nice in seen}
+    assert lanes[len(large)][0].startswith("large-decode") and not lanes[len(small)][0].startswith("large-decode")
+    if sys.platform.startswith("linux"):
+        assert lanes[len(large)][1] > lanes[len(small)][1]  # a lower priority (a higher nice value)
+    assert app.state.service.large_lane._shutdown  # the app's shutdown stopped the lane

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a query waits for others to share its forward pass (default %(default)g ms)")
     p.add_argument("--encoder-streams", type=int, default=Limits.encoder_streams,
                    help="forward passes at once on a CPU, each on its share of the cores (default %(default)s)")
+    p.add_argument("--large-upload-mp", type=float, default=Limits.large_upload_pixels / 1e6,
+                   help="uploads above this many megapixels decode in a lane of lower OS priority, so small queries "
+                        "go first (default %(default)g; 0: one lane for all)")
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -98,7 +101,7 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                     max_inflight_pixels=int(args.max_inflight_mp * 1e6), max_queue=args.max_queue,
                     batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
-                    encoder_streams=args.encoder_streams)
+                    encoder_streams=args.encoder_streams, large_upload_pixels=int(args.large_upload_mp * 1e6))
     return create_app(searcher, layout, limits=limits), model_uri if not args.model_checkpoint else args.model_checkpoint, index_dir
 
 

@@ -76,6 +76,27 @@ class WorkLimit:
                 self._cond.notify_all()
 
 
+def low_priority_executor(threads: int, niceness: int = 10, name: str = "low-priority"):
+    """A thread pool whose threads run at a lower OS scheduling priority (Linux: `niceness` added to each thread's
+    nice value, which Linux keeps per thread), for long CPU work that must not slow the short requests beside it:
+    their threads keep the normal priority and the scheduler gives them the cores first. The work's C parts (PIL
+    decoders, numpy) release the GIL, so the priority is what decides. Elsewhere the threads run at the normal
+    priority (no per-thread nice value to set)."""
+    import os
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    def lower_priority() -> None:
+        if sys.platform.startswith("linux"):
+            try:
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+            except OSError:  # a sandbox that forbids it: run at the normal priority
+                pass
+
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name, initializer=lower_priority)
+
+
 class DynamicBatcher:
     """Runs `fn(list_of_items) -> list_of_results` on `streams` worker threads over batches gathered from concurrent
     `submit` calls: up to `max_batch` items, the first waiting at most `window_s` for others. `on_start`, when given,

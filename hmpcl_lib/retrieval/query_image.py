@@ -86,6 +86,18 @@ def open_query_image(
         return load_drawing(str(resolved), "RGB")
 
 
+def header_pixels(data: bytes, formats: Sequence[str] = UPLOAD_FORMATS) -> int | None:
+    """width x height from the image header alone (no decode), or None when the bytes are not a readable image of
+    `formats`; a cheap peek to route work by size before `query_pixels` checks and decodes (and raises)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001  (any failure: the checked decode reports it properly)
+        return None
+
+
 def query_pixels(
     data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, limit: "WorkLimit | None" = None,
     source: str = "upload", formats: Sequence[str] = UPLOAD_FORMATS,

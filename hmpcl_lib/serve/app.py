@@ -25,6 +25,7 @@ Errors are JSON `{"error": message}` on /api, and the page shows the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
-from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit
-from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage
+from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit, low_priority_executor
+from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage, header_pixels
 from hmpcl_lib.retrieval.search import Searcher, encoder_batcher
 from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
 from hmpcl_lib.serve.limits import Limits
@@ -103,16 +104,35 @@ class SearchService:
         self.limit = WorkLimit(max(limits.max_inflight_pixels, searcher.max_pixels), limits.max_queue)
         self.batcher = encoder_batcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))), searcher.device,
                                        limits.batch_size, limits.batch_window_ms, limits.encoder_streams)
+        self.large_lane = (low_priority_executor(limits.large_decode_threads, name="large-decode")
+                           if limits.large_upload_pixels > 0 else None)
 
     def upload_pixels(self, data: bytes) -> Callable[[], np.ndarray]:
-        """The decode of an upload, to run in a worker thread (it holds its pixels of the decode budget)."""
-        return lambda: self.searcher.pixels_of_bytes(data, limit=self.limit)
+        """The decode of an upload, to run in a worker thread (it holds its pixels of the decode budget); marked
+        `large` when its header says it is above `Limits.large_upload_pixels` (it then decodes in the low-priority
+        lane)."""
+        def decode() -> np.ndarray:
+            return self.searcher.pixels_of_bytes(data, limit=self.limit)
+
+        size = header_pixels(data) if self.large_lane is not None else None
+        decode.large = size is not None and size > self.limits.large_upload_pixels  # type: ignore[attr-defined]
+        return decode
 
     async def embed(self, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        """[1, D]: `decode` in a worker thread, then the batched forward pass awaited without holding a thread (a
-        thread per waiting query cost a context switch each way and CPU the encoder needs on a small machine)."""
-        pixels = await run_in_threadpool(decode)
+        """[1, D]: `decode` in a worker thread (a large upload's in the low-priority lane), then the batched forward
+        pass awaited without holding a thread (a thread per waiting query cost a context switch each way and CPU the
+        encoder needs on a small machine)."""
+        if getattr(decode, "large", False):
+            pixels = await asyncio.get_running_loop().run_in_executor(self.large_lane, decode)
+        else:
+            pixels = await run_in_threadpool(decode)
         return (await asyncio.wrap_future(self.batcher.submit(pixels)))[None]
+
+    def close(self) -> None:
+        """Stop the encoder streams and the large-decode lane (the app's shutdown)."""
+        self.batcher.close()
+        if self.large_lane is not None:
+            self.large_lane.shutdown(wait=False, cancel_futures=True)
 
     def parse_k(self, raw: str | None) -> int:
         if raw in (None, ""):
@@ -260,7 +280,13 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
                      else searcher.hierarchy)
         catalog = Catalog(hierarchy, layout, max_pixels=searcher.max_pixels)
     service = SearchService(searcher, catalog, limits)
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        service.close()  # uvicorn's shutdown: the encoder streams and the large-decode lane stop with the app
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)

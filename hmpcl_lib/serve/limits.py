@@ -23,3 +23,8 @@ class Limits:
     # two 1-thread streams beat one 2-thread stream by ≈ 1.5x on 2 cores: benchmarks/search_load.py)
     encoder_streams: int = 2
     retry_after_s: int = 1
+    # uploads above this many pixels decode on `large_decode_threads` threads of lower OS priority (Linux: nice
+    # +10): a 49 MP PNG takes seconds of CPU, a query drawing milliseconds, and the small queries' decodes and
+    # forward passes then go first instead of sharing the cores with every large decode (0: one lane for all)
+    large_upload_pixels: int = 4_000_000
+    large_decode_threads: int = 8
