@@ -23,7 +23,6 @@ the server loads with --model-checkpoint.
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
 import json
 import os
@@ -71,59 +70,77 @@ def vmhwm_kib(pid: int) -> int:
     return 0
 
 
-class Client:
-    """One HTTP/1.1 keep-alive connection, as a browser or a service client would hold."""
-
-    def __init__(self, port: int, path: str, timeout: float = 300.0):
-        self.port, self.path, self.timeout = port, path, timeout
-        self.conn = None
-
-    def post(self, body: bytes) -> tuple[int | str, float]:
-        started = time.perf_counter()
-        try:
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            self.conn.request("POST", self.path, body=body, headers={"Content-Type": "image/png"})
-            response = self.conn.getresponse()
-            response.read()
-            status = response.status
-            if response.getheader("Connection", "").lower() == "close":
-                self.close()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            return f"error: {type(exc).__name__}", time.perf_counter() - started
-        return status, time.perf_counter() - started
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+def _request(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def run_clients(port: int, path: str, kinds: dict[str, tuple[int, int, list[bytes]]]) -> tuple[dict[str, list], float]:
-    """kinds: name -> (clients, requests per client, bodies); every client thread starts at once."""
+async def _exchange(reader, writer, request: bytes) -> tuple[int, bool]:
+    """One request on a keep-alive connection: (status, whether the server closes the connection)."""
+    writer.write(request)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length, close = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection" and value.strip().lower() == "close":
+            close = True
+    await reader.readexactly(length)
+    return status, close
+
+
+def run_clients(port: int, path: str, kinds: dict[str, tuple[int, int, list[bytes]]],
+                timeout: float = 300.0) -> tuple[dict[str, list], float, float]:
+    """kinds: name -> (clients, requests per client, bodies). Each client is one HTTP/1.1 keep-alive connection (as a
+    browser or a service client holds), all on one asyncio loop with the requests' bytes built beforehand, so the
+    load generator takes as little of the machine it shares with the server as it can. Returns the outcomes
+    ((status or error, seconds) per request), the phase's seconds and the CPU seconds this process spent on it."""
+    import asyncio
+
     results: dict[str, list] = {name: [] for name in kinds}
-    lock = threading.Lock()
-    start = threading.Barrier(sum(c for c, _, _ in kinds.values()) + 1)
+    requests = {name: [_request(path, b) for b in bodies] for name, (_, _, bodies) in kinds.items()}
 
-    def client(name: str, requests: int, bodies: list[bytes], offset: int) -> None:
-        connection = Client(port, path)
-        start.wait()
-        for i in range(requests):
-            outcome = connection.post(bodies[(offset + i) % len(bodies)])
-            with lock:
-                results[name].append(outcome)
-        connection.close()
+    async def client(name: str, n: int, offset: int, go: asyncio.Event) -> None:
+        reader = writer = None
+        await go.wait()
+        for i in range(n):
+            started = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                status, close = await asyncio.wait_for(
+                    _exchange(reader, writer, requests[name][(offset + i) % len(requests[name])]), timeout)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError) as exc:
+                status, close = f"error: {type(exc).__name__}", True
+            results[name].append((status, time.perf_counter() - started))
+            if close and writer is not None:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
 
-    threads = [threading.Thread(target=client, args=(name, requests, bodies, c * requests))
-               for name, (clients, requests, bodies) in kinds.items() for c in range(clients)]
-    for t in threads:
-        t.start()
-    start.wait()
-    began = time.perf_counter()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - began
+    async def phase() -> float:
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(client(name, n, c * n, go))
+                 for name, (clients, n, _) in kinds.items() for c in range(clients)]
+        await asyncio.sleep(0)  # every client waits at the start line
+        began = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - began
+
+    cpu = time.process_time()
+    seconds = asyncio.run(phase())
+    return results, seconds, time.process_time() - cpu
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def health(port: int) -> dict:
@@ -246,20 +263,20 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=server.stdout.read, daemon=True).start()  # drain the log
             path = "/api/search?k=12"
             idle_kib = vmhwm_kib(server.pid)
-            mixed, mixed_s = run_clients(port, path, {
+            mixed, mixed_s, _ = run_clients(port, path, {
                 f"large {args.large_side}² PNG ({len(big) / 2**20:.1f} MB)": (args.large_clients, args.large_requests, [big]),
                 "small drawing": (args.small_clients, args.small_requests, small)})
             peak_kib = vmhwm_kib(server.pid)
-            rounds = []  # (ceiling images/s, served images/s, seconds, outcomes, forward passes, queries batched)
+            rounds = []  # (ceiling, served images/s, seconds, outcomes, passes, queries batched, client/server CPU s)
             for _ in range(args.rounds):  # the ceiling right before each round: this VM's speed drifts within minutes
                 bare = ceilings(model, small, ceiling_batch)
-                before = health(port)
-                only, only_s = run_clients(port, path, {"small drawing": (args.throughput_clients,
-                                                                          args.throughput_requests, small)})
-                after = health(port)
+                before, server_cpu = health(port), cpu_seconds(server.pid)
+                only, only_s, client_cpu = run_clients(port, path, {"small drawing": (
+                    args.throughput_clients, args.throughput_requests, small)})
+                after, server_cpu = health(port), cpu_seconds(server.pid) - server_cpu
                 served = sum(1 for s, _ in only["small drawing"] if s == 200)
                 rounds.append((bare, served / only_s, only_s, only, after["batches"] - before["batches"],
-                               after["batched_queries"] - before["batched_queries"]))
+                               after["batched_queries"] - before["batched_queries"], client_cpu, server_cpu))
         finally:
             server.terminate()
             try:
@@ -268,17 +285,22 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
     rows = ["| phase | requests of | n | requests/s | p50 ms | p95 ms | statuses |", "|---|---|---:|---:|---:|---:|---|"]
     rows += summarise(f"{args.large_clients} large + {args.small_clients} small clients", mixed, mixed_s)
-    for i, (_, _, seconds, outcomes, _, _) in enumerate(rounds, start=1):
+    for i, (_, _, seconds, outcomes, *_) in enumerate(rounds, start=1):
         rows += summarise(f"{args.throughput_clients} small clients, round {i}", outcomes, seconds)
     print("\n".join(rows))
     print(f"\nserver peak RSS (VmHWM): {peak_kib / 2**20:.2f} GiB after the mixed phase "
           f"({idle_kib / 2**20:.2f} GiB when ready)\n")
     layouts = list(rounds[0][0])
     print("| round | " + " | ".join(f"bare: {name}" for name in layouts) + " | server images/s | ratio to the best bare "
-          "| forward passes | queries per pass |\n|---:|" + "---:|" * (len(layouts) + 4))
-    for i, (bare, served, _, _, batches, queries) in enumerate(rounds, start=1):
+          "| forward passes | queries per pass | load generator CPU | server CPU ms per query |\n|---:|"
+          + "---:|" * (len(layouts) + 6))
+    cores = os.cpu_count() or 1
+    for i, (bare, served, seconds, _, batches, queries, client_cpu, server_cpu) in enumerate(rounds, start=1):
         print(f"| {i} | " + " | ".join(f"{bare[name]:.1f}" for name in layouts) + f" | {served:.1f} | "
-              f"{served / max(bare.values()):.0%} | {batches} | {queries / max(1, batches):.1f} |")
+              f"{served / max(bare.values()):.0%} | {batches} | {queries / max(1, batches):.1f} | "
+              f"{client_cpu / (seconds * cores):.0%} of the machine | {1000 * server_cpu / max(1, queries):.1f} |")
+    print(f"\n(the bare encoder: {1000 * cores / max(max(b.values()) for b, *_ in rounds):.1f} CPU ms per image at "
+          "its best round, all cores busy)")
     conventional = layouts[0]  # one forward pass over all cores: "the bare batched encoder"
     to_one = sorted(served / bare[conventional] for bare, served, *_ in rounds)
     to_best = sorted(served / max(bare.values()) for bare, served, *_ in rounds)

@@ -18,7 +18,7 @@ from pathlib import Path
 from hmpcl_lib.errors import HmpclError, InputError
 from hmpcl_lib.layout import DataLayout, default_data_root
 from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS
-from hmpcl_lib.serve.limits import Limits
+from hmpcl_lib.retrieval.limits import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

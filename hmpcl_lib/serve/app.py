@@ -48,7 +48,7 @@ from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit, low_priority_exe
 from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage, header_pixels
 from hmpcl_lib.retrieval.search import Searcher, encoder_batcher
 from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
-from hmpcl_lib.serve.limits import Limits
+from hmpcl_lib.retrieval.limits import Limits
 
 HERE = Path(__file__).parent
 CLASS_CODE = re.compile(r"^\d{1,2}$", re.ASCII)

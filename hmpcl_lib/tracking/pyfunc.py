@@ -20,7 +20,8 @@ memory by the search page's own function (`query_image.query_pixels`: format all
 header before any pixel is decoded, then straight to grey). The pixel limit is `model_config["max_pixels"]`, else
 $HMPCL_SERVE_MAX_PIXELS, else search's DEFAULT_MAX_PIXELS. Concurrent requests share a decode budget of
 `max_inflight_pixels` (model_config / $HMPCL_SERVE_MAX_INFLIGHT_PIXELS, default twice the pixel limit) and a wait
-queue of `max_queue` requests (default 64): beyond it a request is answered 503 at once. Decoded queries are
+queue of `max_queue` requests (default `retrieval.limits.Limits.max_queue`, the search page's): beyond it a request
+is answered 503 at once. Decoded queries are
 embedded together by a dynamic batcher (`retrieval.batching`), so concurrent requests share forward passes.
 Output: a DataFrame with one row per input row and a column `embedding` (float32 unit vector).
 Bad input raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with a 400 and the
@@ -48,13 +49,9 @@ ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))  # the models-fro
 FORMAT_KEY, FORMAT = "hmpcl_model_format", "pyfunc-code+safetensors-1"  # in the MLmodel's metadata
 MAX_INFLIGHT_ENV = "HMPCL_SERVE_MAX_INFLIGHT_PIXELS"
 MAX_QUEUE_ENV = "HMPCL_SERVE_MAX_QUEUE"
-DEFAULT_MAX_QUEUE = 64
-BATCH_WINDOW_S = 0.005
-ENCODER_STREAMS = 2  # forward passes at once on a CPU (retrieval.search.encoder_batcher)
 SERVE_ROOT_ENV = "HMPCL_SERVE_ROOT"
 MAX_PIXELS_ENV = "HMPCL_SERVE_MAX_PIXELS"
 INPUT_COLUMNS = ("image", "path")
-BATCH_SIZE = 32  # rows decoded and embedded at a time: memory stays bounded by batch x pixel limit
 # logged with the model so that `load_model(..., model_config={...})` may set them (MLflow ignores unknown keys);
 # None: $HMPCL_SERVE_ROOT / $HMPCL_SERVE_MAX_PIXELS, else no paths / search's limit
 MODEL_CONFIG = {"serve_root": None, "max_pixels": None, "max_inflight_pixels": None, "max_queue": None}
@@ -107,6 +104,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
         from hmpcl_lib.retrieval.batching import WorkLimit
+        from hmpcl_lib.retrieval.limits import Limits
         from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS
         from hmpcl_lib.retrieval.search import encoder_batcher
 
@@ -119,10 +117,10 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         self.serve_root = None if root is None else Path(root).expanduser().resolve()
         self.max_pixels = int(config.get("max_pixels") or os.environ.get(MAX_PIXELS_ENV) or DEFAULT_MAX_PIXELS)
         budget = int(config.get("max_inflight_pixels") or os.environ.get(MAX_INFLIGHT_ENV) or 2 * self.max_pixels)
-        waiting = int(config.get("max_queue") or os.environ.get(MAX_QUEUE_ENV) or DEFAULT_MAX_QUEUE)
+        waiting = int(config.get("max_queue") or os.environ.get(MAX_QUEUE_ENV) or Limits.max_queue)
         self.limit = WorkLimit(max(budget, self.max_pixels), queue=waiting)
-        self.batcher = encoder_batcher(self._embed, "cpu", BATCH_SIZE, BATCH_WINDOW_S * 1000, ENCODER_STREAMS,
-                                       name="hmpcl-pyfunc-batcher")
+        self.batcher = encoder_batcher(self._embed, "cpu", Limits.batch_size, Limits.batch_window_ms,
+                                       Limits.encoder_streams, name="hmpcl-pyfunc-batcher")  # the page's defaults
 
     def _embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over the queries of concurrent requests (the batcher's function)."""

@@ -1,5 +1,6 @@
-"""What one request and the whole search page may take: the `Limits` of `hmpcl serve` (flags with these defaults).
-No web imports, so `hmpcl --help` stays instant."""
+"""What one request and a whole query server may take: `Limits`, the one set of serving defaults. `hmpcl serve` makes
+flags of them; the MLflow pyfunc (`tracking.pyfunc`) serves with the same budget, queue, batch and streams. No imports,
+so `hmpcl --help` stays instant and every layer above retrieval can read it."""
 
 from __future__ import annotations
 
