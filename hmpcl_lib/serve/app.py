@@ -100,7 +100,6 @@ class SearchService:
         self._row_at = catalog.row_numbers(ids)
         classes = np.array([""] + catalog.table["class_code"].fill_null("").to_list(), dtype=object)
         self._class_at = classes[self._row_at + 1]
-        self._id_at = ids
         self.limit = WorkLimit(max(limits.max_inflight_pixels, searcher.max_pixels), limits.max_queue)
         self.batcher = encoder_batcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))), searcher.device,
                                        limits.batch_size, limits.batch_window_ms, limits.encoder_streams)
@@ -192,7 +191,7 @@ class SearchService:
         rows = self._row_at[positions]
         known = iter(self.catalog.rows(rows[rows >= 0]))
         return [_json_row(rank, score, next(known) if row >= 0
-                          else dict.fromkeys(CATALOG_COLUMNS) | {"drawing_id": str(self._id_at[position])})
+                          else dict.fromkeys(CATALOG_COLUMNS) | {"drawing_id": str(self.searcher.index.ids[position])})
                 for rank, (row, position, score) in enumerate(zip(rows.tolist(), positions.tolist(), scores.tolist()),
                                                               start=1)]
 
