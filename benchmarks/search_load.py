@@ -75,8 +75,8 @@ def _request(path: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def _exchange(reader, writer, request: bytes) -> tuple[int, bool]:
-    """One request on a keep-alive connection: (status, whether the server closes the connection)."""
+async def _exchange(reader, writer, request: bytes) -> tuple[int, bool, bytes]:
+    """One request on a keep-alive connection: (status, whether the server closes the connection, the body)."""
     writer.write(request)
     await writer.drain()
     status = int((await reader.readline()).split()[1])
@@ -88,8 +88,8 @@ async def _exchange(reader, writer, request: bytes) -> tuple[int, bool]:
             length = int(value)
         elif name == "connection" and value.strip().lower() == "close":
             close = True
-    await reader.readexactly(length)
-    return status, close
+    body = await reader.readexactly(length)
+    return status, close, body
 
 
 def run_clients(port: int, path: str, kinds: dict[str, tuple[int, int, list[bytes]]],
@@ -97,7 +97,8 @@ def run_clients(port: int, path: str, kinds: dict[str, tuple[int, int, list[byte
     """kinds: name -> (clients, requests per client, bodies). Each client is one HTTP/1.1 keep-alive connection (as a
     browser or a service client holds), all on one asyncio loop with the requests' bytes built beforehand, so the
     load generator takes as little of the machine it shares with the server as it can. Returns the outcomes
-    ((status or error, seconds) per request), the phase's seconds and the CPU seconds this process spent on it."""
+    ((status or error, seconds, response body) per request), the phase's seconds and the CPU seconds this process
+    spent on it."""
     import asyncio
 
     results: dict[str, list] = {name: [] for name in kinds}
@@ -111,11 +112,11 @@ def run_clients(port: int, path: str, kinds: dict[str, tuple[int, int, list[byte
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                status, close = await asyncio.wait_for(
+                status, close, body = await asyncio.wait_for(
                     _exchange(reader, writer, requests[name][(offset + i) % len(requests[name])]), timeout)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError) as exc:
-                status, close = f"error: {type(exc).__name__}", True
-            results[name].append((status, time.perf_counter() - started))
+                status, close, body = f"error: {type(exc).__name__}", True, b""
+            results[name].append((status, time.perf_counter() - started, body))
             if close and writer is not None:
                 writer.close()
                 reader = writer = None
@@ -151,10 +152,14 @@ def health(port: int) -> dict:
 def summarise(phase: str, results: dict[str, list], seconds: float) -> list[str]:
     rows = []
     for name, outcomes in results.items():
-        ms = np.array([t for _, t in outcomes]) * 1000
-        statuses = Counter(str(s) for s, _ in outcomes)
+        ms = np.array([t for _, t, _ in outcomes]) * 1000
+        statuses = Counter(str(s) for s, _, _ in outcomes)
+        # the server's own time from decode start to embedding (timing_ms.embed of the answers): the rest of a
+        # request's time is HTTP, the event loop and the search
+        embed = [json.loads(b)["timing_ms"]["embed"] for s, _, b in outcomes if s == 200]
         rows.append(f"| {phase} | {name} | {len(outcomes)} | {len(outcomes) / seconds:.1f} | "
                     f"{np.percentile(ms, 50):,.0f} | {np.percentile(ms, 95):,.0f} | "
+                    f"{np.percentile(embed, 95) if embed else float('nan'):,.0f} | "
                     + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) + " |")
     return rows
 
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 only, only_s, client_cpu = run_clients(port, path, {"small drawing": (
                     args.throughput_clients, args.throughput_requests, small)})
                 after, server_cpu = health(port), cpu_seconds(server.pid) - server_cpu
-                served = sum(1 for s, _ in only["small drawing"] if s == 200)
+                served = sum(1 for s, *_ in only["small drawing"] if s == 200)
                 rounds.append((bare, served / only_s, only_s, only, after["batches"] - before["batches"],
                                after["batched_queries"] - before["batched_queries"], client_cpu, server_cpu))
         finally:
@@ -283,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    rows = ["| phase | requests of | n | requests/s | p50 ms | p95 ms | statuses |", "|---|---|---:|---:|---:|---:|---|"]
+    rows = ["| phase | requests of | n | requests/s | p50 ms | p95 ms | p95 ms in the server's decode + embed | statuses |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
     rows += summarise(f"{args.large_clients} large + {args.small_clients} small clients", mixed, mixed_s)
     for i, (_, _, seconds, outcomes, *_) in enumerate(rounds, start=1):
         rows += summarise(f"{args.throughput_clients} small clients, round {i}", outcomes, seconds)

@@ -392,3 +392,15 @@ def test_large_uploads_decode_in_the_low_priority_lane_and_small_ones_do_not(cor
     if sys.platform.startswith("linux"):
         assert lanes[len(large)][1] > lanes[len(small)][1]  # a lower priority (a higher nice value)
     assert app.state.service.large_lane._shutdown  # the app's shutdown stopped the lane
+
+
+def test_the_app_warms_up_before_its_first_request(corpus):
+    """Startup runs one search through the whole path (decode, batched forward, index, catalog), so the first real
+    request of a fresh server does not pay for imports and the first forward pass; a plain app does nothing yet."""
+    layout, searcher, _ = corpus
+    app = create_app(searcher, layout)
+    service = app.state.service
+    assert service.batcher.batches == 0
+    with TestClient(app) as c:
+        assert service.batcher.batches == 1 and service.batcher.items == 1  # before any request
+        assert c.get("/healthz").json()["batches"] == 1

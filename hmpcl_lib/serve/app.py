@@ -127,6 +127,21 @@ class SearchService:
             pixels = await run_in_threadpool(decode)
         return (await asyncio.wrap_future(self.batcher.submit(pixels)))[None]
 
+    async def warm_up(self) -> None:
+        """One search through the whole path before the first request (the app's startup, before uvicorn reports
+        ready): the decoder's plugins load, the encoder streams start and run once, the index and the catalog are
+        touched. Without it, the first requests of a fresh server paid for the imports and the first forward pass,
+        which is the slow tail under a burst of load (benchmarks/search_load.py's first phase)."""
+        import io
+
+        from PIL import Image
+
+        side = max(1, min(64, int(self.searcher.max_pixels ** 0.5)))  # within any pixel limit
+        buf = io.BytesIO()
+        Image.new("L", (side, side), 255).save(buf, format="PNG")
+        if len(self.searcher.index):
+            await self.run({"kind": "warm-up"}, self.upload_pixels(buf.getvalue()), 1, None)
+
     def close(self) -> None:
         """Stop the encoder streams and the large-decode lane (the app's shutdown)."""
         self.batcher.close()
@@ -282,8 +297,9 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        await service.warm_up()
         yield
-        service.close()  # uvicorn's shutdown: the encoder streams and the large-decode lane stop with the app
+        service.close()  # the app's shutdown: the encoder streams and the large-decode lane stop with it
 
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
