@@ -26,11 +26,58 @@ from hmpcl_lib.experiments import study  # noqa: E402
 from hmpcl_lib.io import markdown_table  # noqa: E402
 
 
+EXPLORED = "cumulative+untouched"  # not a candidate of RULE: looked at after the results, so it cannot ship by it
+
+
+def explore_ensemble(sweep_dir: Path) -> None:
+    """After the results (so outside RULE): each saved `cumulative` encoder's head output concatenated with the
+    untouched backbone's pooled features (each L2-normalised, / sqrt 2: the mean of the two cosines), i.e. two
+    backbones per query. Saved as the sweep's `cumulative+untouched/seed=N.parquet` (features "ensemble")."""
+    import numpy as np
+
+    from hmpcl_lib.experiments.runs import embed_test
+    from hmpcl_lib.experiments.sweep import model_path, run_path
+    from hmpcl_lib.io import atomic_path
+    from hmpcl_lib.layout import DataLayout
+    from hmpcl_lib.modeling.models import build_encoder, load_encoder
+    from hmpcl_lib.modeling.pixels import ensure_pixel_store
+    from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
+
+    layout = DataLayout(sweep_dir.resolve().parents[1])
+    hierarchy, splits = pl.read_parquet(layout.hierarchy_path), pl.read_parquet(layout.splits_path)
+    untouched = build_encoder(embed_dim=None, weights="package").eval()
+    cached = None
+    for saved in sorted((sweep_dir / "cumulative").glob("seed=*.safetensors")):
+        seed = int(saved.stem.split("=")[1])
+        out = run_path(sweep_dir, EXPLORED, seed)
+        if out.exists():
+            continue
+        model = load_encoder(model_path(sweep_dir, "cumulative", seed))
+        size = model.config["image_size"]
+        store = ensure_pixel_store(hierarchy, layout.root, size)
+        if cached is None:
+            cached = embed_test(untouched, hierarchy, splits, size, pixel_store=store)
+        ids, head = embed_test(model, hierarchy, splits, size, pixel_store=store)
+        assert (ids == cached[0]).all()
+        vectors = np.concatenate([head, cached[1]], axis=1) * 2 ** -0.5
+        frames = [benchmark_embeddings((ids, vectors), hierarchy, splits, protocol=p).per_query.with_columns(
+                  variant=pl.lit(EXPLORED), seed=pl.lit(seed), protocol=pl.lit(p), features=pl.lit("ensemble"))
+                  for p in ("deeppatent", "leave_one_out")]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            pl.concat(frames).write_parquet(tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders, one per sample (named by their data root)")
+    parser.add_argument("--explore", action="store_true",
+                        help=f"also score {EXPLORED!r} (head + the untouched backbone; exploratory, not in RULE)")
     args = parser.parse_args(argv)
     dirs = {Path(d).resolve().parents[1].name: d for d in args.sweeps}
+    if args.explore:
+        for d in dirs.values():
+            explore_ensemble(Path(d))
     frame = study.load_study(dirs)
     print(study.RULE)
     means = (frame.group_by("sample", "protocol", "variant", "features", "seed")
@@ -45,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")
     print(study.report(verdicts))
     print(f"\nShips: {shipped[0]} with {shipped[1]} features ({why}).")
+    if args.explore:
+        explored = study.judge(frame, (EXPLORED, "ensemble"))
+        print(f"\n## Exploratory, after the results (not a candidate of the rule)\n\n{study.report([explored])}")
     return 0
 
 
