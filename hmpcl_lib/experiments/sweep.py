@@ -54,13 +54,13 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     pooled features, recorded as "head", the only view it has).
     """
     from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows
+    from hmpcl_lib.modeling.models import build_encoder, load_encoder, save_encoder_safetensors
     from hmpcl_lib.train.loop import train
 
-    from hmpcl_lib.modeling.models import build_encoder, save_encoder_safetensors
-
-    path = run_path(out_dir, variant, seed)
+    path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
     saved = pl.read_parquet(path) if path.exists() else None
-    if saved is not None and not _missing_views(saved, model_path(out_dir, variant, seed)):
+    missing = _missing_views(saved, saved_model) if saved is not None else list(FEATURES if trained else ("head",))
+    if not missing:
         return saved
     config = dataclasses.replace(base, **(overrides or {}), seed=seed)
     store = None
@@ -69,26 +69,25 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
         store = ensure_pixel_store(hierarchy, data_root, config.image_size)
         config = dataclasses.replace(config, pixel_store=str(store.path))
-    if saved is not None:
-        return _complete_views(saved, path, model_path(out_dir, variant, seed), hierarchy, splits,
-                               config.image_size, store)
-    if not trained:
-        model, history = build_encoder(config.backbone, None, config.weights, image_size=config.image_size), []
-        features_of: tuple[str, ...] = ("head",)
+    if saved is not None:  # views added since it ran: scored from the saved model, no training
+        model, final_loss = load_encoder(saved_model), saved["final_loss"][0]
+    elif not trained:
+        model, final_loss = build_encoder(config.backbone, None, config.weights, image_size=config.image_size), None
     else:
         with tempfile.TemporaryDirectory() as tmp:
             result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
-        model, history, features_of = result.model, result.history, FEATURES
-        model_path(out_dir, variant, seed).parent.mkdir(parents=True, exist_ok=True)
-        save_encoder_safetensors(model, model_path(out_dir, variant, seed))
-    frames = []
-    for features in features_of:
+        model = result.model
+        final_loss = next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)
+        saved_model.parent.mkdir(parents=True, exist_ok=True)
+        save_encoder_safetensors(model, saved_model)
+    frames = [] if saved is None else [saved]
+    for features in missing:
         for protocol, bench in evaluate_protocols(model, hierarchy, splits, config.image_size,
                                                   features=features, pixel_store=store).items():
             frames.append(bench.per_query.with_columns(
-                variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features)))
-    frame = pl.concat(frames).with_columns(
-        final_loss=pl.lit(next((h["epoch_loss"] for h in reversed(history) if "epoch_loss" in h), None)))
+                variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features),
+                final_loss=pl.lit(final_loss)))
+    frame = pl.concat(frames, how="diagonal_relaxed")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp_path:
         frame.write_parquet(tmp_path)
@@ -101,31 +100,6 @@ def _missing_views(frame: pl.DataFrame, saved_model: Path) -> list[str]:
     if not saved_model.exists() or frame["features"].n_unique() < 2:
         return []
     return [f for f in FEATURES if f not in set(frame["features"].unique())]
-
-
-def _complete_views(frame: pl.DataFrame, path: Path, saved_model: Path, hierarchy: pl.DataFrame,
-                    splits: pl.DataFrame, image_size: int, store) -> pl.DataFrame:
-    """A saved run's per-query metrics with every view of FEATURES: views added since it ran are scored from the
-    saved model (no training) and the file rewritten atomically."""
-    from hmpcl_lib.experiments.runs import evaluate_protocols
-    from hmpcl_lib.modeling.models import load_encoder
-
-    missing = _missing_views(frame, saved_model)
-    if not missing:
-        return frame
-    model = load_encoder(saved_model)
-    first = frame.row(0, named=True)
-    frames = [frame]
-    for features in missing:
-        for protocol, bench in evaluate_protocols(model, hierarchy, splits, image_size, features=features,
-                                                  pixel_store=store).items():
-            frames.append(bench.per_query.with_columns(
-                variant=pl.lit(first["variant"]), seed=pl.lit(first["seed"]), protocol=pl.lit(protocol),
-                features=pl.lit(features), final_loss=pl.lit(first["final_loss"])))
-    frame = pl.concat(frames, how="diagonal_relaxed")
-    with atomic_path(path) as tmp_path:
-        frame.write_parquet(tmp_path)
-    return frame
 
 
 def overall(frame: pl.DataFrame) -> pl.DataFrame:

@@ -66,16 +66,19 @@ class Encoder(nn.Module):
         self.config = dict(config, num_features=features, embed_dim=embed_dim, head=head)
 
     @property
+    def fused(self) -> bool:
+        """Whether it embeds head ⊕ pooled features (FEATURES): a config "features" of "fused", with a head."""
+        return self.config.get("features", "head") == "fused" and bool(self.config["embed_dim"])
+
+    @property
     def output_dim(self) -> int:
         head_dim = self.config["embed_dim"] or self.config["num_features"]
-        if self.config.get("features", "head") == "fused" and self.config["embed_dim"]:
-            return head_dim + self.config["num_features"]
-        return head_dim
+        return head_dim + self.config["num_features"] if self.fused else head_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.backbone(x)
         z = F.normalize(self.head(pooled).float(), dim=-1)
-        if self.config.get("features", "head") == "fused" and self.config["embed_dim"]:
+        if self.fused:
             return torch.cat([z, F.normalize(pooled.float(), dim=-1)], dim=-1) * FUSED_SCALE
         return z
 
@@ -103,13 +106,13 @@ def feature_view(encoder: Encoder, features: str) -> Encoder:
     untouched backbone) has only its pooled features: every view of it is that."""
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
-    if features == "pooled" or not encoder.config["embed_dim"]:
-        return pooled_view(encoder) if encoder.config["embed_dim"] else encoder
-    config = {k: v for k, v in encoder.config.items() if k not in ("num_features", "embed_dim", "head", "features")}
-    view = Encoder(encoder.backbone, None, encoder.config["head"], config)
-    view.head = encoder.head
-    view.config = dict(encoder.config, features=features)
-    return view.train(encoder.training)
+    if not encoder.config["embed_dim"]:
+        return encoder
+    view = pooled_view(encoder)
+    if features != "pooled":  # the pooled view with the encoder's own head put back
+        view.head = encoder.head
+        view.config = dict(encoder.config, features=features)
+    return view
 
 
 def build_encoder(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -90,12 +91,10 @@ def header_pixels(data: bytes, formats: Sequence[str] = UPLOAD_FORMATS) -> int |
     """width x height from the image header alone (no decode), or None when the bytes are not a readable image of
     `formats`; a cheap peek to route work by size before `query_pixels` checks and decodes (and raises)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=formats) as img:
-                return img.size[0] * img.size[1]
+        width, height = _check_header(io.BytesIO(data), "upload", sys.maxsize, formats)
     except Exception:  # noqa: BLE001  (any failure: the checked decode reports it properly)
         return None
+    return width * height
 
 
 def query_pixels(
