@@ -41,9 +41,31 @@ passed, then the smallest shortfall) and why. Confirmed on the default sample by
 
 CANDIDATES = (("cumulative", "head"), ("cumulative", "fused"), ("cumulative-class-.4", "head"),
               ("cumulative-class-.4", "fused"), ("cumulative-160px", "head"), ("cumulative-160px", "fused"))
+
+RULE_2 = """\
+Quality study rule, round 2 (issue 22), fixed on 2026-12-03 before any result of this round was looked at.
+Data, seeds, statistics, references and the criteria R1-R6 are those of round 1 (RULE), with
+pretrained-192px as the untouched reference of the 192 px candidate. Candidates, each changing one thing of
+`cumulative` (TrainConfig defaults otherwise; values taken from the papers or picked once, never tuned here):
+  cumulative-backbone-lr-.03  the backbone learns at 0.03 x lr instead of 0.1 x (head features);
+  cumulative-l2sp             L2-SP (Li et al., ICML 2018): alpha/2 |w - w0|^2 on the backbone with alpha 0.1,
+                              replacing its weight decay to zero (head features);
+  cumulative-frozen-4         the stem and the first 4 of the backbone's 7 stages frozen, their BatchNorm
+                              statistics too (head features);
+  cumulative-wise-.5          WiSE-FT (Wortsman et al., CVPR 2022): the backbone of each cumulative run averaged
+                              with the pretrained backbone, weight for weight (alpha 0.5), its head kept; head and
+                              pooled features (no training of its own: the saved cumulative encoders);
+  cumulative-192px            the input at 192 px (head features).
+Shipped: the passing candidate with the highest leave-one-out R@1 (ties: the order above); a 192 px candidate
+only if `make run` at it stays under 15 minutes on the 2 cores. If none passes, round 1's fallback clause
+applies against cumulative/head, else the default stays cumulative/head. The README shows every row.
+"""
+CANDIDATES_2 = (("cumulative-backbone-lr-.03", "head"), ("cumulative-l2sp", "head"), ("cumulative-frozen-4", "head"),
+                ("cumulative-wise-.5", "head"), ("cumulative-wise-.5", "pooled"), ("cumulative-192px", "head"))
 CURRENT = ("cumulative", "head")
 BASELINE = ("baseline", "head")
-UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px"}  # else "pretrained"
+UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px"}  # else "pretrained"
+ROUNDS = {1: (RULE, CANDIDATES), 2: (RULE_2, CANDIDATES_2)}  # round: (rule text, its candidates)
 METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
 
 

@@ -30,13 +30,17 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     # the hypotheses of issue 22 (README "Quality study"): more class pull, more pixels
     "cumulative-class-.4": {"loss": "hierarchical", "target": "cumulative", "s_class": 0.4},
     "cumulative-160px": {"loss": "hierarchical", "target": "cumulative", "image_size": 160},
+    # the second round of issue 22 (README "Quality study"): keep what the backbone knows, more pixels
+    "cumulative-backbone-lr-.03": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 0.03},
+    "cumulative-192px": {"loss": "hierarchical", "target": "cumulative", "image_size": 192},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
 SWEEP = tuple(name for name in TRAINED if name != "hierarchical")  # "hierarchical" trains what "cumulative" does
 # The untouched ImageNet backbone at other input sizes: what a variant trained at that size must beat. The sweep
 # scores them without training ({name: TrainConfig overrides}); "pretrained" is the backbone at the base config.
-UNTOUCHED: dict[str, dict[str, Any]] = {"pretrained": {}, "pretrained-160px": {"image_size": 160}}
+UNTOUCHED: dict[str, dict[str, Any]] = {"pretrained": {}, "pretrained-160px": {"image_size": 160},
+                                        "pretrained-192px": {"image_size": 192}}
 
 
 def overrides(variant: str) -> dict[str, Any] | None:
