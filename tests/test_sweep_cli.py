@@ -5,9 +5,13 @@ from __future__ import annotations
 import mlflow
 import polars as pl
 import pytest
+import torch
 
 from hmpcl_lib import cli
 from hmpcl_lib.experiments import sweep
+from hmpcl_lib.modeling.models import load_encoder, wise
+from hmpcl_lib.train.config import TrainConfig, config_from_strings
+from hmpcl_lib.train.loop import initial_encoder
 from test_training import make_drawing_table
 
 TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epochs=1", "steps_per_epoch=2",
@@ -65,8 +69,13 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     path = sweep.run_path(folder, "cumulative", 0)
     full = pl.read_parquet(path)
     full.filter(pl.col("features") != "fused").write_parquet(path)  # a run saved before the fused view existed
-    assert cli.main(args) == 0
-    assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs)
+    assert cli.main([*args, "--variant", "cumulative-wise-.5"]) == 0  # WiSE-FT of the saved run: no training
+    derived = load_encoder(sweep.model_path(folder, "cumulative-wise-.5", 0))
+    config = config_from_strings(TINY, TrainConfig(wise_alpha=0.5))
+    expected = wise(load_encoder(sweep.model_path(folder, "cumulative", 0)), initial_encoder(config), 0.5)
+    assert all(torch.allclose(v, expected.state_dict()[k]) for k, v in derived.state_dict().items())
+    assert set(pl.read_parquet(sweep.run_path(folder, "cumulative-wise-.5", 0))["features"]) == set(sweep.FEATURES)
+    assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs) + 2  # another variant list: a parent, a child
     completed = pl.read_parquet(path)  # the missing view scored again from the saved model
     assert completed.height == full.height and set(completed["features"]) == set(sweep.FEATURES)
     means = [sweep.overall(f.filter(pl.col("features") == "fused")).sort("protocol") for f in (full, completed)]

@@ -57,6 +57,9 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     from hmpcl_lib.modeling.models import build_encoder, load_encoder, save_encoder_safetensors
     from hmpcl_lib.train.loop import train
 
+    from hmpcl_lib.modeling.models import wise
+    from hmpcl_lib.train.loop import initial_encoder
+
     path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
     saved = pl.read_parquet(path) if path.exists() else None
     missing = _missing_views(saved, saved_model) if saved is not None else list(FEATURES if trained else ("head",))
@@ -69,10 +72,18 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
         store = ensure_pixel_store(hierarchy, data_root, config.image_size)
         config = dataclasses.replace(config, pixel_store=str(store.path))
+    source = _same_training(overrides, out_dir, seed) if saved is None and trained else None
     if saved is not None:  # views added since it ran: scored from the saved model, no training
         model, final_loss = load_encoder(saved_model), saved["final_loss"][0]
     elif not trained:
         model, final_loss = build_encoder(config.backbone, None, config.weights, image_size=config.image_size), None
+    elif source is not None:  # WiSE-FT of a run this sweep already trained: no second training
+        log.info("sweep: %s seed %d derived from the saved %s encoder (wise_alpha %s)", variant, seed, source,
+                 config.wise_alpha)
+        model = wise(load_encoder(model_path(out_dir, source, seed)), initial_encoder(config), config.wise_alpha)
+        final_loss = pl.read_parquet(run_path(out_dir, source, seed))["final_loss"][0]
+        saved_model.parent.mkdir(parents=True, exist_ok=True)
+        save_encoder_safetensors(model, saved_model)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
@@ -92,6 +103,18 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     with atomic_path(path) as tmp_path:
         frame.write_parquet(tmp_path)
     return frame
+
+
+def _same_training(overrides: dict[str, Any] | None, out_dir: str | Path, seed: int) -> str | None:
+    """The variant whose saved encoder of `seed` had the same training as `overrides` when they differ only by
+    `wise_alpha` (applied after training), so the sweep averages that encoder instead of training again."""
+    from hmpcl_lib.experiments.variants import VARIANTS
+
+    overrides = dict(overrides or {})
+    if overrides.pop("wise_alpha", 1.0) == 1.0:
+        return None
+    return next((name for name, o in VARIANTS.items() if o is not None and o == overrides
+                 and model_path(out_dir, name, seed).exists() and run_path(out_dir, name, seed).exists()), None)
 
 
 def _missing_views(frame: pl.DataFrame, saved_model: Path) -> list[str]:

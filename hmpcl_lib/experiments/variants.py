@@ -33,6 +33,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     # the second round of issue 22 (README "Quality study"): keep what the backbone knows, more pixels
     "cumulative-backbone-lr-.03": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 0.03},
     "cumulative-192px": {"loss": "hierarchical", "target": "cumulative", "image_size": 192},
+    "cumulative-l2sp": {"loss": "hierarchical", "target": "cumulative", "l2sp": 0.1},
+    "cumulative-frozen-4": {"loss": "hierarchical", "target": "cumulative", "frozen_stages": 4},
+    # the same training as "cumulative", its backbone averaged with the pretrained one afterwards (a sweep derives it
+    # from the saved cumulative encoder of the seed instead of training again)
+    "cumulative-wise-.5": {"loss": "hierarchical", "target": "cumulative", "wise_alpha": 0.5},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)

@@ -115,6 +115,38 @@ def feature_view(encoder: Encoder, features: str) -> Encoder:
     return view
 
 
+def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first `stages` stages of a timm EfficientNet/MobileNet backbone (`conv_stem`, `bn1`,
+    `blocks`) in place: their parameters stop requiring gradients. Returns those modules, which training keeps in
+    eval mode so their BatchNorm statistics stay the pretrained ones too. The early stages hold the generic edge
+    and stroke detectors that ImageNet taught; only the later, more task-specific stages then adapt."""
+    if stages == 0:
+        return []
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None or not hasattr(backbone, "conv_stem"):
+        raise ValueError(f"frozen_stages needs a backbone with a stem and stages (timm EfficientNet/MobileNet: "
+                         f"conv_stem, bn1, blocks), not {type(backbone).__name__}")
+    if stages > len(blocks):
+        raise ValueError(f"frozen_stages={stages}, but the backbone has {len(blocks)} stages")
+    frozen = [backbone.conv_stem, backbone.bn1, *blocks[:stages]]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def wise(encoder: Encoder, initial: Encoder, alpha: float) -> Encoder:
+    """WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022), in place: every floating-point
+    tensor of the backbone's state (weights and BatchNorm statistics) becomes w0 + alpha * (w - w0), w0 from
+    `initial` (the pretrained backbone). A weight-space ensemble of the fine-tuned and the pretrained network, one
+    forward pass per image; the head is kept. alpha 1 changes nothing, 0 gives back the pretrained backbone."""
+    start = initial.backbone.state_dict()
+    with torch.no_grad():
+        for name, value in encoder.backbone.state_dict().items():  # tensors sharing the parameters' storage
+            if value.is_floating_point():
+                value.lerp_(start[name].to(value), 1.0 - alpha)
+    return encoder
+
+
 def build_encoder(
     backbone: str = "efficientnet_lite0",
     embed_dim: int | None = 256,

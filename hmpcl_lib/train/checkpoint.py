@@ -118,7 +118,7 @@ def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criteri
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
     saved, wanted = ckpt["config"], config.to_dict()
-    saved = {**saved, "pixel_store": saved.get("pixel_store") or ""}  # written before the field existed
+    saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **saved}  # fields added since: defaults
     diff = {k: (saved.get(k), v) for k, v in wanted.items()
             if k not in RESUME_FREE_FIELDS and _resume_key(k, saved.get(k)) != _resume_key(k, v)}
     if diff:

@@ -38,6 +38,13 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: the sampler's natural epoch length
     lr: float = 3e-4  # head (and learnable temperature) learning rate
     backbone_lr_mult: float = 0.1  # pretrained backbone learns slower than the fresh head
+    # Keeping what the pretrained backbone knows (models.freeze_stages, loop._l2sp_penalty, models.wise):
+    # L2-SP (Li et al., ICML 2018): alpha/2 * |w - w0|^2 over the backbone's trainable weights, w0 the initial
+    # (pretrained) ones; > 0 replaces the backbone's weight decay towards zero
+    l2sp: float = 0.0
+    frozen_stages: int = 0  # the stem and the first N stages of the backbone do not train (BatchNorm statistics too)
+    # WiSE-FT (Wortsman et al., CVPR 2022): the exported backbone is w0 + wise_alpha * (w - w0); 1 = as trained
+    wise_alpha: float = 1.0
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
@@ -81,6 +88,9 @@ class TrainConfig:
             need(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}")
         need(self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.lr > 0 and self.backbone_lr_mult >= 0, "lr must be > 0 and backbone_lr_mult >= 0")
+        need(self.l2sp >= 0, f"l2sp must be >= 0, got {self.l2sp}")
+        need(self.frozen_stages >= 0, f"frozen_stages must be >= 0, got {self.frozen_stages}")
+        need(0 <= self.wise_alpha <= 1, f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")

@@ -30,7 +30,7 @@ from torch import nn
 from hmpcl_lib.errors import HmpclError
 from hmpcl_lib.modeling import distributed as D
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
-from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform
+from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform, freeze_stages, wise
 from hmpcl_lib.modeling.pixels import PixelTrainDataset
 from hmpcl_lib.train.checkpoint import TrainState, _Checkpointer, _export_encoder, _restore, _save_everywhere
 from hmpcl_lib.train.config import TrainConfig
@@ -98,6 +98,8 @@ def train(
             _run_epoch(run, epoch, on_metrics)
         run.progress.close()
         run.encoder.eval()
+        if config.wise_alpha != 1.0:
+            wise(run.encoder, initial_encoder(config), config.wise_alpha)
         if run.is_main:
             _export_encoder(out_dir / "encoder.pt", run.encoder, config)
         return TrainResult(model=run.encoder, checkpoint_path=run.ckpt_path, history=run.state.history, config=config)
@@ -126,6 +128,8 @@ class _Run:
     save: Any  # the rank-0 checkpointer (None elsewhere)
     progress: Any
     state: TrainState
+    frozen: list = field(default_factory=list)  # modules of the backbone that do not train (eval mode too)
+    anchor: list = field(default_factory=list)  # L2-SP: (trainable backbone parameter, its initial value)
     window: list = field(default_factory=lambda: [time.perf_counter(), 0])  # start, images since (images/s)
 
 
@@ -145,6 +149,8 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
                             image_size=config.image_size)
     encoder.to(device)
     encoder.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
+    frozen = freeze_stages(encoder.backbone, config.frozen_stages)
+    anchor = [(p, p.detach().clone()) for p in encoder.backbone.parameters() if p.requires_grad] if config.l2sp else []
     criterion = build_loss(config).to(device)
     optimizer = _build_optimizer(encoder, criterion, config)
 
@@ -185,7 +191,17 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
     is_main = rank == 0
     save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler) if is_main else None
     return _Run(config, device, world, is_main, encoder, model, criterion, optimizer, scheduler, dataset, loader,
-                epoch_batches, steps_per_epoch, ckpt_path, save, _progress(total_steps, state.step, is_main), state)
+                epoch_batches, steps_per_epoch, ckpt_path, save, _progress(total_steps, state.step, is_main), state,
+                frozen, anchor)
+
+
+def initial_encoder(config: TrainConfig) -> Encoder:
+    """The encoder a run of `config` starts from (what L2-SP pulls towards and WiSE-FT averages with), built as
+    `_setup` builds it, without touching the global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
+                             image_size=config.image_size)
 
 
 def _run_epoch(run: _Run, epoch: int, on_metrics: Callable[[int, dict[str, float]], None] | None) -> None:
@@ -194,7 +210,7 @@ def _run_epoch(run: _Run, epoch: int, on_metrics: Callable[[int, dict[str, float
     run.epoch_batches.epoch, run.epoch_batches.start = epoch, state.batches_done
     if state.batches_done == 0:
         state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
-    _set_train_mode(run.encoder, config.freeze_bn)
+    _set_train_mode(run.encoder, config.freeze_bn, run.frozen)
     for batch in run.loader:
         step_loss, lr_now, images = _train_step(run, batch)
         state.step += 1
@@ -237,6 +253,8 @@ def _train_step(run: _Run, batch) -> tuple[float, float, int]:
         z = run.model(images)
     loss = criterion(z.float(), batch_labels["patent_label"], batch_labels["subclass_label"],
                      batch_labels["class_label"])
+    if run.anchor:
+        loss = loss + _l2sp_penalty(run.anchor, run.config.l2sp)
     step_loss = _mean_over_ranks(loss.detach())
     if not math.isfinite(step_loss):
         raise TrainingDivergedError(run.state.step + 1, step_loss, run.ckpt_path if run.ckpt_path.exists() else None)
@@ -335,7 +353,7 @@ def _build_optimizer(encoder: Encoder, criterion: nn.Module, config: TrainConfig
         if not param.requires_grad:
             continue
         part = "backbone" if name.startswith("backbone.") else "head"
-        decay = param.ndim > 1 and not name.startswith("loss.")
+        decay = param.ndim > 1 and not name.startswith("loss.") and not (part == "backbone" and config.l2sp)
         groups.setdefault((part, decay), []).append(param)
     param_groups = [
         {"params": params, "lr": config.lr * (config.backbone_lr_mult if part == "backbone" else 1.0),
@@ -360,8 +378,17 @@ def _build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, tota
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _set_train_mode(encoder: Encoder, freeze_bn: bool) -> None:
+def _l2sp_penalty(anchor: list, alpha: float) -> torch.Tensor:
+    """L2-SP (Li et al., "Explicit inductive bias for transfer learning with convolutional networks", ICML 2018):
+    alpha/2 * sum |w - w0|^2 over the backbone's trainable weights, a pull towards the pretrained starting point
+    instead of towards zero (so the backbone has no weight decay then, `_build_optimizer`)."""
+    return alpha / 2 * sum((p - p0).pow(2).sum() for p, p0 in anchor)
+
+
+def _set_train_mode(encoder: Encoder, freeze_bn: bool, frozen: list | None = None) -> None:
     encoder.train()
+    for module in frozen or ():
+        module.eval()
     if freeze_bn:
         for module in encoder.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -1,0 +1,98 @@
+"""Keeping what the pretrained backbone knows (issue 22, round 2): frozen early stages, L2-SP and WiSE-FT
+(`models.freeze_stages`, `models.wise`, `loop._l2sp_penalty`, TrainConfig `frozen_stages`, `l2sp`, `wise_alpha`)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hmpcl_lib.modeling.models import build_encoder, freeze_stages, load_encoder, wise
+from hmpcl_lib.train import loop as training
+from hmpcl_lib.train.loop import initial_encoder, train
+from test_training import make_drawing_table, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def drawing_table(tmp_path_factory):
+    return make_drawing_table(tmp_path_factory.mktemp("drawings"))
+
+
+def _backbone_distance(a, b, params_only: bool = False) -> float:
+    """|w_a - w_b| over the backbone's floating-point state (weights and BatchNorm statistics, or weights only)."""
+    sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
+    keys = dict(a.backbone.named_parameters()) if params_only else [k for k in sa if sa[k].is_floating_point()]
+    return float(sum((sa[k].float() - sb[k].float()).pow(2).sum() for k in keys) ** 0.5)
+
+
+def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tmp_path, drawing_table):
+    config = tiny_config(frozen_stages=2, epochs=1, steps_per_epoch=2, backbone_lr_mult=1.0)
+    trained = train(config, drawing_table, tmp_path / "run", resume=False).model
+    start = initial_encoder(config)
+    for name in ("conv_stem", "bn1", "blocks.0", "blocks.1"):
+        a, b = trained.backbone.get_submodule(name).state_dict(), start.backbone.get_submodule(name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} changed while frozen"
+    moved = trained.backbone.get_submodule("blocks.2").state_dict()
+    kept = start.backbone.get_submodule("blocks.2").state_dict()
+    assert any(not torch.equal(moved[k], kept[k]) for k in moved), "the first unfrozen stage did not train"
+
+
+def test_frozen_stages_refuse_more_stages_than_the_backbone_has():
+    backbone = build_encoder(weights="none").backbone
+    with pytest.raises(ValueError, match="has 7 stages"):
+        freeze_stages(backbone, 8)
+    assert freeze_stages(backbone, 0) == [] and all(p.requires_grad for p in backbone.parameters())
+    with pytest.raises(ValueError, match="frozen_stages must be >= 0"):
+        tiny_config(frozen_stages=-1)
+
+
+def test_l2sp_pulls_the_backbone_towards_its_start_instead_of_zero(tmp_path, drawing_table):
+    free, pulled = (tiny_config(l2sp=alpha, epochs=1, steps_per_epoch=4, backbone_lr_mult=1.0) for alpha in (0.0, 1e4))
+    runs = {c.l2sp: train(c, drawing_table, tmp_path / str(c.l2sp), resume=False).model for c in (free, pulled)}
+    start = initial_encoder(free)
+    moved = {alpha: _backbone_distance(model, start, params_only=True) for alpha, model in runs.items()}
+    assert moved[1e4] < 0.5 * moved[0.0], moved  # the first step is the same for both (no pull yet at w0)
+    # the pull replaces the backbone's weight decay towards zero; the head keeps its decay
+    encoder = build_encoder(weights="none", embed_dim=16)
+    groups = {g["name"]: g["weight_decay"] for g in
+              training._build_optimizer(encoder, training.build_loss(pulled), pulled).param_groups}
+    assert "backbone" not in groups and groups["backbone_no_decay"] == 0 and groups["head"] > 0
+    anchor = [(p, p.detach().clone()) for p in encoder.backbone.parameters()]
+    first = anchor[0][0]
+    with torch.no_grad():
+        assert float(training._l2sp_penalty(anchor, 0.1)) == 0.0
+        first.add_(1.0)
+        assert float(training._l2sp_penalty(anchor, 0.1)) == pytest.approx(0.05 * first.numel())
+
+
+def test_wise_averages_the_backbone_weight_for_weight_and_keeps_the_head():
+    torch.manual_seed(0)
+    tuned = build_encoder(weights="none", embed_dim=16)
+    torch.manual_seed(1)
+    start = build_encoder(weights="none", embed_dim=16)
+    with torch.no_grad():  # distinct BatchNorm statistics too
+        start.backbone.bn1.running_var.fill_(2.0)
+    head = copy.deepcopy(tuned.head.state_dict())
+    half = wise(copy.deepcopy(tuned), start, 0.5)
+    a, b, m = tuned.backbone.state_dict(), start.backbone.state_dict(), half.backbone.state_dict()
+    for k in ("conv_stem.weight", "bn1.running_var", "blocks.3.0.conv_pw.weight"):
+        assert torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6)
+    assert all(torch.equal(half.head.state_dict()[k], v) for k, v in head.items())
+    assert _backbone_distance(wise(copy.deepcopy(tuned), start, 0.0), start) == 0
+    assert _backbone_distance(wise(copy.deepcopy(tuned), start, 1.0), tuned) == 0
+    with pytest.raises(ValueError, match="wise_alpha must be in"):
+        tiny_config(wise_alpha=1.5)
+
+
+def test_training_with_wise_alpha_exports_the_average_of_its_start_and_its_end(tmp_path, drawing_table):
+    config = tiny_config(epochs=1, steps_per_epoch=2, backbone_lr_mult=1.0)
+    full = train(config, drawing_table, tmp_path / "full", resume=False).model
+    half = train(tiny_config(epochs=1, steps_per_epoch=2, backbone_lr_mult=1.0, wise_alpha=0.5), drawing_table,
+                 tmp_path / "half", resume=False).model
+    expected = wise(copy.deepcopy(full), initial_encoder(config), 0.5)
+    assert _backbone_distance(half, expected) < 1e-4 * _backbone_distance(full, initial_encoder(config))
+    exported = load_encoder(tmp_path / "half" / "encoder.pt")
+    assert _backbone_distance(exported, half) == 0
