@@ -138,3 +138,19 @@ def test_chunked_queries_give_the_same_numbers_and_keep_only_the_first_rankings(
     assert chunked.ranking.shape == (9, whole.ranking.shape[1])
     np.testing.assert_array_equal(chunked.ranking, whole.ranking[:9])
     assert chunked.ranking_ids.tolist() == whole.ranking_ids[:9].tolist()
+
+
+@pytest.mark.parametrize("protocol", ["deeppatent", "leave_one_out"])
+def test_query_embeddings_rank_the_queries_and_leave_the_gallery_alone(protocol):
+    hierarchy, splits, (ids, vectors) = make_corpus()
+    plain = benchmark_embeddings((ids, vectors), hierarchy, splits, protocol=protocol, keep_depth=1000)
+    same = benchmark_embeddings((ids, vectors), hierarchy, splits, protocol=protocol, keep_depth=1000,
+                                query_embeddings=(ids[::-1].copy(), vectors[::-1].copy()))  # matched by id
+    np.testing.assert_array_equal(same.ranking, plain.ranking)
+    noise = np.random.default_rng(5).standard_normal(vectors.shape).astype(np.float32)
+    noisy = benchmark_embeddings((ids, vectors), hierarchy, splits, protocol=protocol, keep_depth=1000,
+                                 query_embeddings=(ids, noise / np.linalg.norm(noise, axis=1, keepdims=True)))
+    assert noisy.gallery.equals(plain.gallery)  # the index holds the gallery's own vectors
+    assert noisy.metrics["patent_map"][0] < plain.metrics["patent_map"][0] - 0.2
+    if protocol == "leave_one_out":  # a query is never its own answer, even when its vector moved
+        assert not (noisy.ranking == np.arange(noisy.ranking.shape[0])[:, None]).any()

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from hmpcl_lib.modeling.models import build_encoder, freeze_stages, load_encoder, wise
+from hmpcl_lib.modeling.models import MirrorAveraged, build_encoder, freeze_stages, load_encoder, wise
 from hmpcl_lib.train import loop as training
 from hmpcl_lib.train.loop import initial_encoder, train
 from test_training import make_drawing_table, tiny_config
@@ -96,3 +96,15 @@ def test_training_with_wise_alpha_exports_the_average_of_its_start_and_its_end(t
     assert _backbone_distance(half, expected) < 1e-4 * _backbone_distance(full, initial_encoder(config))
     exported = load_encoder(tmp_path / "half" / "encoder.pt")
     assert _backbone_distance(exported, half) == 0
+
+
+def test_mirror_averaged_queries_are_the_same_for_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    encoder = build_encoder(weights="none", embed_dim=16).eval()
+    mirrored = MirrorAveraged(encoder).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b, plain = mirrored(x), mirrored(torch.flip(x, dims=[-1])), encoder(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(2))
+    assert not torch.allclose(a, plain, atol=1e-3) and mirrored.config is encoder.config

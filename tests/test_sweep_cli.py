@@ -53,11 +53,14 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     folder = root / "sweeps" / "tiny"
     for variant in ("baseline", "cumulative"):
         saved = pl.read_parquet(sweep.run_path(folder, variant, 0))
-        assert set(saved["protocol"]) == {"deeppatent", "leave_one_out"} and set(saved["features"]) == set(sweep.FEATURES)
-        assert saved.filter(pl.col("protocol") == "leave_one_out").height == 3 * 2 * 2 * 2 * 3  # test drawings x 3
+        assert set(saved["protocol"]) == {"deeppatent", "leave_one_out"} and set(saved["features"]) == set(sweep.SCORED)
+        assert saved.filter(pl.col("protocol") == "leave_one_out").height == 3 * 2 * 2 * 2 * 4  # test drawings x 4
         assert sweep.model_path(folder, variant, 0).exists()  # the trained encoder, kept for later views
     untouched = pl.read_parquet(sweep.run_path(folder, "pretrained", 0))  # scored, not trained: one view, no model
-    assert set(untouched["features"]) == {"head"} and not sweep.model_path(folder, "pretrained", 0).exists()
+    assert set(untouched["features"]) == set(sweep.UNTOUCHED_VIEWS) and not sweep.model_path(folder, "pretrained", 0).exists()
+    # query-side augmentation changes only the queries' vectors: the leave-one-out gallery is the same drawings
+    flip = untouched.filter(pl.col("features") == "head-flip")
+    assert flip.height == untouched.filter(pl.col("features") == "head").height
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["hmpcl"])
     parent = runs[runs["tags.mlflow.runName"] == "tiny"]
@@ -74,10 +77,10 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     config = config_from_strings(TINY, TrainConfig(wise_alpha=0.5))
     expected = wise(load_encoder(sweep.model_path(folder, "cumulative", 0)), initial_encoder(config), 0.5)
     assert all(torch.allclose(v, expected.state_dict()[k]) for k, v in derived.state_dict().items())
-    assert set(pl.read_parquet(sweep.run_path(folder, "cumulative-wise-.5", 0))["features"]) == set(sweep.FEATURES)
+    assert set(pl.read_parquet(sweep.run_path(folder, "cumulative-wise-.5", 0))["features"]) == set(sweep.SCORED)
     assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs) + 2  # another variant list: a parent, a child
     completed = pl.read_parquet(path)  # the missing view scored again from the saved model
-    assert completed.height == full.height and set(completed["features"]) == set(sweep.FEATURES)
+    assert completed.height == full.height and set(completed["features"]) == set(sweep.SCORED)
     means = [sweep.overall(f.filter(pl.col("features") == "fused")).sort("protocol") for f in (full, completed)]
     # the same weights (a saved file holds the contiguous layout, training ran channels_last: float noise only)
     assert abs(means[0]["patent_map"] - means[1]["patent_map"]).max() < 0.05

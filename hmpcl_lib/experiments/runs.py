@@ -246,11 +246,22 @@ def evaluate_model(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_s
 
 def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
                        protocols=PROTOCOLS, features: str = "head", pixel_store=None) -> dict:
-    """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}."""
+    """Embed the test split once and benchmark it under each protocol: {protocol: BenchmarkResult}. `features` is a
+    view of `models.FEATURES`, optionally with QUERY_FLIP ("head-flip": the queries averaged with their mirror image
+    (`models.MirrorAveraged`), the gallery as is)."""
+    from hmpcl_lib.modeling.models import QUERY_FLIP
     from hmpcl_lib.retrieval.evaluation import benchmark_embeddings
 
-    embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, features, pixel_store)
-    return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p) for p in protocols}
+    view, flip = (features[:-len(QUERY_FLIP)], True) if features.endswith(QUERY_FLIP) else (features, False)
+    embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, view, pixel_store)
+    queries = None
+    if flip:  # query-side test-time augmentation: the queries as their image + mirror image, the gallery as is
+        from hmpcl_lib.modeling.models import MirrorAveraged, feature_view
+
+        mirrored = MirrorAveraged(feature_view(model, view) if hasattr(model, "backbone") else model)
+        queries = embed_test(mirrored, hierarchy, splits, image_size, batch_size, view, pixel_store)
+    return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p, query_embeddings=queries)
+            for p in protocols}
 
 
 def comparison_table(results: dict[str, object]) -> pl.DataFrame:

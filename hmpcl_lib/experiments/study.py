@@ -55,13 +55,18 @@ pretrained-192px as the untouched reference of the 192 px candidate. Candidates,
   cumulative-wise-.5          WiSE-FT (Wortsman et al., CVPR 2022): the backbone of each cumulative run averaged
                               with the pretrained backbone, weight for weight (alpha 0.5), its head kept; head and
                               pooled features (no training of its own: the saved cumulative encoders);
-  cumulative-192px            the input at 192 px (head features).
+  cumulative-192px            the input at 192 px (head features);
+  cumulative, head-flip       query-side test-time augmentation: each query embedded as the mean of itself and
+                              its mirror image, the gallery as is (no training: the saved cumulative encoders);
+                              its R1 and R2 reference is the untouched backbone with the same query augmentation.
+(Amended before any result of this round was looked at, to add the last candidate.)
 Shipped: the passing candidate with the highest leave-one-out R@1 (ties: the order above); a 192 px candidate
 only if `make run` at it stays under 15 minutes on the 2 cores. If none passes, round 1's fallback clause
 applies against cumulative/head, else the default stays cumulative/head. The README shows every row.
 """
 CANDIDATES_2 = (("cumulative-backbone-lr-.03", "head"), ("cumulative-l2sp", "head"), ("cumulative-frozen-4", "head"),
-                ("cumulative-wise-.5", "head"), ("cumulative-wise-.5", "pooled"), ("cumulative-192px", "head"))
+                ("cumulative-wise-.5", "head"), ("cumulative-wise-.5", "pooled"), ("cumulative-192px", "head"),
+                ("cumulative", "head-flip"))
 CURRENT = ("cumulative", "head")
 BASELINE = ("baseline", "head")
 UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px"}  # else "pretrained"
@@ -129,8 +134,8 @@ class Verdict:
 
 
 def judge(frame: pl.DataFrame, candidate: tuple[str, str]) -> Verdict:
-    """The candidate against RULE's R1-R6."""
-    untouched = (UNTOUCHED_OF.get(candidate[0], "pretrained"), "head")
+    """The candidate against RULE's R1-R6 (R1, R2: against the untouched backbone with the same query augmentation)."""
+    untouched = (UNTOUCHED_OF.get(candidate[0], "pretrained"), "head-flip" if candidate[1] == "head-flip" else "head")
     r1 = compare(frame, candidate, untouched, "leave_one_out", ["patent_recall_at_1"])
     r2 = compare(frame, candidate, untouched, "deeppatent", ["patent_recall_at_1"])
     base = compare(frame, candidate, BASELINE, "leave_one_out")

@@ -24,7 +24,12 @@ from typing import Any, Iterable
 import polars as pl
 
 from hmpcl_lib.io import atomic_path
-from hmpcl_lib.modeling.models import FEATURES  # the views every trained run is scored on
+from hmpcl_lib.modeling.models import FEATURES, QUERY_FLIP
+
+# What every run is scored on: a trained run's views (models.FEATURES) and its head with query-side test-time
+# augmentation; the untouched backbone's one view (its pooled features, recorded as "head"), with and without it.
+SCORED = (*FEATURES, "head" + QUERY_FLIP)
+UNTOUCHED_VIEWS = ("head", "head" + QUERY_FLIP)
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     """Train and evaluate one (variant, seed); per-query metrics for every protocol x features, saved atomically.
 
     An existing result file is read instead of training again (the sweep resumes); one that lacks a view of
-    FEATURES is completed from the saved model. With `data_root`, training and evaluation read the decoded pixel
+    SCORED is completed from the saved model. With `data_root`, training and evaluation read the decoded pixel
     store at the variant's image size (built once under `data_root/pixels/`), as the pipeline's comparison does;
     without, they decode the PNGs. `trained=False` scores the untouched backbone at the config (no training: its
     pooled features, recorded as "head", the only view it has).
@@ -62,7 +67,9 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
     path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
     saved = pl.read_parquet(path) if path.exists() else None
-    missing = _missing_views(saved, saved_model) if saved is not None else list(FEATURES if trained else ("head",))
+    missing = [v for v in (SCORED if trained else UNTOUCHED_VIEWS) if saved is None or v not in set(saved["features"])]
+    if saved is not None and trained and not saved_model.exists():
+        missing = []  # a run saved without its encoder: nothing to score more views from
     if not missing:
         return saved
     config = dataclasses.replace(base, **(overrides or {}), seed=seed)
@@ -73,10 +80,10 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
         store = ensure_pixel_store(hierarchy, data_root, config.image_size)
         config = dataclasses.replace(config, pixel_store=str(store.path))
     source = _same_training(overrides, out_dir, seed) if saved is None and trained else None
-    if saved is not None:  # views added since it ran: scored from the saved model, no training
-        model, final_loss = load_encoder(saved_model), saved["final_loss"][0]
-    elif not trained:
+    if not trained:
         model, final_loss = build_encoder(config.backbone, None, config.weights, image_size=config.image_size), None
+    elif saved is not None:  # views added since it ran: scored from the saved model, no training
+        model, final_loss = load_encoder(saved_model), saved["final_loss"][0]
     elif source is not None:  # WiSE-FT of a run this sweep already trained: no second training
         log.info("sweep: %s seed %d derived from the saved %s encoder (wise_alpha %s)", variant, seed, source,
                  config.wise_alpha)
@@ -115,14 +122,6 @@ def _same_training(overrides: dict[str, Any] | None, out_dir: str | Path, seed: 
         return None
     return next((name for name, o in VARIANTS.items() if o is not None and o == overrides
                  and model_path(out_dir, name, seed).exists() and run_path(out_dir, name, seed).exists()), None)
-
-
-def _missing_views(frame: pl.DataFrame, saved_model: Path) -> list[str]:
-    """Views of FEATURES a saved run lacks and can still get from its saved model (none for the untouched
-    backbone, which has one view, or for a run saved without its model)."""
-    if not saved_model.exists() or frame["features"].n_unique() < 2:
-        return []
-    return [f for f in FEATURES if f not in set(frame["features"].unique())]
 
 
 def overall(frame: pl.DataFrame) -> pl.DataFrame:

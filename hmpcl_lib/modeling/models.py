@@ -89,6 +89,7 @@ class Encoder(nn.Module):
 # features' fine detail votes next to the head's hierarchy (a late fusion of the two similarities).
 FEATURES = ("head", "pooled", "fused")
 FUSED_SCALE = 2 ** -0.5
+QUERY_FLIP = "-flip"  # a view's suffix in evaluation: its queries embedded with MirrorAveraged ("head-flip")
 
 
 def pooled_view(encoder: Encoder) -> Encoder:
@@ -113,6 +114,19 @@ def feature_view(encoder: Encoder, features: str) -> Encoder:
         view.head = encoder.head
         view.config = dict(encoder.config, features=features)
     return view
+
+
+class MirrorAveraged(nn.Module):
+    """Query-side test-time augmentation: the embedding of an image plus that of its mirror image (left-right),
+    re-normalised. Two forward passes per query; the indexed corpus keeps its one-pass embeddings. A query drawn from
+    the other side (a left and a right view of one design) then meets its gallery drawings halfway."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.config = encoder, encoder.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(x) + self.encoder(torch.flip(x, dims=[-1])), dim=-1)
 
 
 def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:

@@ -97,8 +97,11 @@ def benchmark_embeddings(
     query_chunk: int | None = None,
     keep_rankings: int = KEEP_RANKINGS,
     keep_depth: int = KEEP_DEPTH,
+    query_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BenchmarkResult:
     """Rank the test gallery for every test query and score the rankings (see the module doc for `protocol`).
+    `query_embeddings` (ids, vectors) embed the queries differently from the gallery (query-side test-time
+    augmentation, `models.MirrorAveraged`); by default the queries use `embeddings` too.
 
     k defaults to the whole gallery when it has at most 10 000 drawings (exact mAP), else 1000. The index is
     exact (`flat`) by default so the numbers describe the embeddings, not the ANN approximation. Queries go
@@ -116,7 +119,8 @@ def benchmark_embeddings(
             "drawing_id")
     if gallery.height == 0:
         raise InputError("the splits table has no gallery drawings", source="splits")
-    query_vectors = _vectors_for(queries, np.asarray(ids), vectors, "query")
+    query_ids, query_vectors = query_embeddings if query_embeddings is not None else (ids, vectors)
+    query_vectors = _vectors_for(queries, np.asarray(query_ids), query_vectors, "query")
     gallery_vectors = _vectors_for(gallery, np.asarray(ids), vectors, "gallery")
     index = VectorIndex.build(gallery["drawing_id"].to_numpy(), gallery_vectors, kind=index_kind)
     leave_one_out = protocol == "leave_one_out"
