@@ -8,7 +8,14 @@
     done; done
     .venv/bin/python benchmarks/quality_study.py data-sample1/sweeps/study data-sample2/sweeps/study
 
-Prints `hmpcl_lib.experiments.study.RULE`, the per-sample means of every run (mean ± sd over training seeds), the
+    # round 2 (study.RULE_2): keep what the backbone knows, 192 px, query-side flips
+    for s in 1 2; do .venv/bin/hmpcl sweep --data-root data-sample$s --no-mlflow --seeds 0 1 2 --name study \
+      --variant pretrained --variant pretrained-192px --variant cumulative --variant cumulative-backbone-lr-.03 \
+      --variant cumulative-l2sp --variant cumulative-frozen-4 --variant cumulative-wise-.5 --variant cumulative-192px
+    done
+    .venv/bin/python benchmarks/quality_study.py --round 2 data-sample1/sweeps/study data-sample2/sweeps/study
+
+Prints the round's rule (`hmpcl_lib.experiments.study.RULE`, `RULE_2`), the per-sample means of every run (mean ± sd over training seeds), the
 candidates' paired differences with 95 % intervals on the pooled queries, and what the rule ships. A partial study
 (not every seed run yet) is reported as it stands, with the seeds each row used.
 """
@@ -71,6 +78,8 @@ def explore_ensemble(sweep_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders, one per sample (named by their data root)")
+    parser.add_argument("--round", type=int, choices=sorted(study.ROUNDS), default=1,
+                        help="which round's rule and candidates decide (default 1)")
     parser.add_argument("--explore", action="store_true",
                         help=f"also score {EXPLORED!r} (head + the untouched backbone; exploratory, not in RULE)")
     args = parser.parse_args(argv)
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in dirs.values():
             explore_ensemble(Path(d))
     frame = study.load_study(dirs)
-    print(study.RULE)
+    rule, candidates = study.ROUNDS[args.round]
+    print(rule)
     means = (frame.group_by("sample", "protocol", "variant", "features", "seed")
              .agg(*[pl.col(m).mean() for m in study.METRICS])
              .group_by("sample", "protocol", "variant", "features")
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
              .sort("protocol", "sample", "variant", "features"))
     print("## Mean ± sd over training seeds, per sample\n")
     print(markdown_table(means, max_rows=means.height, max_chars=60))
-    shipped, verdicts, why = study.decide(frame)
+    shipped, verdicts, why = study.decide(frame, candidates)
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")
     print(study.report(verdicts))
     print(f"\nShips: {shipped[0]} with {shipped[1]} features ({why}).")

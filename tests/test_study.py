@@ -64,3 +64,14 @@ def test_a_gain_on_one_sample_only_fails_r6():
     other = _runs("cumulative", "head", r1=0.55, cls=0.38, sub=0.60, patent=0.40, samples=("s2",))
     verdict = study.judge(_frame(one, other), ("cumulative", "head"))
     assert verdict.checks["R3"] and not verdict.checks["R6"] and not verdict.passed
+
+
+def test_query_augmentation_is_judged_against_the_backbone_with_the_same_augmentation():
+    flipped = _runs("cumulative", "head-flip", r1=0.55, cls=0.52, sub=0.54, patent=0.36)
+    frame = _frame(_runs("pretrained", "head-flip", r1=0.60), flipped)  # flipping helps the backbone more
+    verdict = study.judge(frame, ("cumulative", "head-flip"))
+    assert verdict.numbers["r1_loo"]["diff"] < 0 and not verdict.checks["R1"]  # against plain "head" it would gain
+    plain = study.compare(frame, ("cumulative", "head-flip"), ("pretrained", "head"), "leave_one_out")
+    assert plain["patent_recall_at_1"]["diff"] > 0.1
+    shipped, verdicts, _ = study.decide(frame, study.CANDIDATES_2)
+    assert shipped == study.CURRENT and len(verdicts) == len(study.CANDIDATES_2)
