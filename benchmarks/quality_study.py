@@ -75,6 +75,28 @@ def explore_ensemble(sweep_dir: Path) -> None:
             pl.concat(frames).write_parquet(tmp)
 
 
+def backbone_drift(sweep_dirs: dict[str, str | Path]) -> pl.DataFrame:
+    """How far each saved encoder's backbone moved from the pretrained weights: |w - w0| / |w0| over the backbone's
+    parameters (BatchNorm statistics left out), mean and range over every saved (sample, seed) of a variant. Shows
+    whether a pull towards w0 (lower lr, L2-SP, frozen stages, WiSE-FT) acted at all."""
+    import torch
+
+    from hmpcl_lib.modeling.models import build_encoder, load_encoder
+
+    start = build_encoder(embed_dim=None, weights="package").backbone
+    w0 = {n: p.detach() for n, p in start.named_parameters()}
+    norm0 = float(torch.sqrt(sum(p.pow(2).sum() for p in w0.values())))
+    rows = []
+    for sample, folder in sweep_dirs.items():
+        for saved in sorted(Path(folder).glob("*/seed=*.safetensors")):
+            state = load_encoder(saved).backbone.state_dict()
+            moved = float(torch.sqrt(sum((state[n] - p).pow(2).sum() for n, p in w0.items())))
+            rows.append({"variant": saved.parent.name, "sample": sample, "drift": moved / norm0})
+    return (pl.DataFrame(rows).group_by("variant").agg(pl.len().alias("runs"), pl.col("drift").mean().round(4)
+            .alias("mean |w - w0| / |w0|"), pl.col("drift").min().round(4).alias("min"),
+            pl.col("drift").max().round(4).alias("max")).sort("variant"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders, one per sample (named by their data root)")
@@ -102,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")
     print(study.report(verdicts))
     print(f"\nShips: {shipped[0]} with {shipped[1]} features ({why}).")
+    if args.round > 1:
+        print("\n## How far each backbone moved from the pretrained weights\n")
+        print(markdown_table(backbone_drift(dirs), max_rows=100, max_chars=60))
     if args.explore:
         explored = study.judge(frame, (EXPLORED, "ensemble"))
         print(f"\n## Exploratory, after the results (not a candidate of the rule)\n\n{study.report([explored])}")
