@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     # the same training as "cumulative", its backbone averaged with the pretrained one afterwards (a sweep derives it
     # from the saved cumulative encoder of the seed instead of training again)
     "cumulative-wise-.5": {"loss": "hierarchical", "target": "cumulative", "wise_alpha": 0.5},
+    "cumulative-freeze-bn": {"loss": "hierarchical", "target": "cumulative", "freeze_bn": True},
+    "cumulative-frozen-6": {"loss": "hierarchical", "target": "cumulative", "frozen_stages": 6},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
