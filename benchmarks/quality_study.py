@@ -120,6 +120,17 @@ def main(argv: list[str] | None = None) -> int:
              .sort("protocol", "sample", "variant", "features"))
     print("## Mean ± sd over training seeds, per sample\n")
     print(markdown_table(means, max_rows=means.height, max_chars=60))
+    if args.round == 5:  # the confirmation on the default sample: the candidate against the default
+        verdict = study.confirm(frame, candidates[0])
+        print(f"\n## {candidates[0][0]} minus {study.CURRENT[0]} (head), 95 % intervals\n")
+        print("| metric | protocol | difference | seeds |\n|---|---|---|---|")
+        for name, d in verdict.numbers.items():
+            protocol = "deeppatent" if name == "r1_headline" else "leave_one_out"
+            metric = "patent_recall_at_1" if name == "r1_headline" else name
+            print(f"| {metric} | {protocol} | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | "
+                  f"{', '.join(f'{s}: {len(x)}' for s, x in d['seeds'].items())} |")
+        print(f"\nChecks: {verdict.checks} -> {'replaces the default' if verdict.passed else 'the default stays'}")
+        return 0
     shipped, verdicts, why = study.decide(frame, candidates)
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")
     print(study.report(verdicts))

@@ -75,3 +75,16 @@ def test_query_augmentation_is_judged_against_the_backbone_with_the_same_augment
     assert plain["patent_recall_at_1"]["diff"] > 0.1
     shipped, verdicts, _ = study.decide(frame, study.CANDIDATES_2)
     assert shipped == study.CURRENT and len(verdicts) == len(study.CANDIDATES_2)
+
+
+def test_the_confirmation_needs_every_map_above_the_default_and_no_rank_one_loss():
+    current = _runs("cumulative", "head", r1=0.42, cls=0.48, sub=0.53, patent=0.36, samples=("s0",))
+    better = _runs("cumulative-frozen-4", "head", r1=0.42, cls=0.55, sub=0.60, patent=0.40, samples=("s0",))
+    verdict = study.confirm(pl.concat([current, better]))
+    assert verdict.passed and abs(verdict.numbers["class_map_at_100"]["diff"] - 0.07) < 1e-9
+    worse_r1 = _runs("cumulative-frozen-4", "head", r1=0.38, cls=0.55, sub=0.60, patent=0.40, samples=("s0",))
+    verdict = study.confirm(pl.concat([current, worse_r1]))
+    assert verdict.checks == {"C1": True, "C2": False}
+    flat = _runs("cumulative-frozen-4", "head", r1=0.42, cls=0.55, sub=0.53, patent=0.40, samples=("s0",))
+    assert not study.confirm(pl.concat([current, flat])).checks["C1"]  # subclass only equal
+    assert not study.confirm(current).passed  # not run yet

@@ -101,7 +101,8 @@ gap; the README would say that beating the untouched backbone at rank 1 was stil
 CURRENT = ("cumulative", "head")
 BASELINE = ("baseline", "head")
 UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px"}  # else "pretrained"
-ROUNDS = {1: (RULE, CANDIDATES), 2: (RULE_2, CANDIDATES_2), 3: (RULE_3, CANDIDATES_3), 4: (RULE_4, CANDIDATES_4)}  # round: (rule text, its candidates)
+ROUNDS = {1: (RULE, CANDIDATES), 2: (RULE_2, CANDIDATES_2), 3: (RULE_3, CANDIDATES_3), 4: (RULE_4, CANDIDATES_4),
+          5: (RULE_5, (("cumulative-frozen-4", "head"),))}  # 5: the confirmation on the default sample (`confirm`)  # round: (rule text, its candidates)
 METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
 
 
@@ -204,6 +205,20 @@ def decide(frame: pl.DataFrame, candidates=CANDIDATES) -> tuple[tuple[str, str],
         best = max(fallback, key=lambda v: (v.numbers["r1_loo"]["diff"], -order[v.candidate]))
         return best.candidate, verdicts, "no candidate passes; ships for R@1 (R1, R2, R5, class/subclass kept)"
     return CURRENT, verdicts, "no candidate passes and none beats the untouched backbone at R@1 without a loss"
+
+
+def confirm(frame: pl.DataFrame, candidate: tuple[str, str] = ("cumulative-frozen-4", "head"),
+            current: tuple[str, str] = CURRENT) -> Verdict:
+    """RULE_5 on one sample's sweep: C1 (every mAP above `current`, intervals above zero) and C2 (R@1 under both
+    protocols not below it, means)."""
+    loo = compare(frame, candidate, current, "leave_one_out")
+    head = compare(frame, candidate, current, "deeppatent", ["patent_recall_at_1"])
+    if not (loo and head):
+        return Verdict(candidate, {"complete": False}, {})
+    maps = ("patent_map", "subclass_map_at_100", "class_map_at_100")
+    checks = {"C1": all(loo[m]["low"] > 0 for m in maps),
+              "C2": loo["patent_recall_at_1"]["diff"] >= 0 and head["patent_recall_at_1"]["diff"] >= 0}
+    return Verdict(candidate, checks, {**loo, "r1_headline": head["patent_recall_at_1"]})
 
 
 def report(verdicts: list[Verdict]) -> str:
