@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
              .sort("protocol", "sample", "variant", "features"))
     print("## Mean ± sd over training seeds, per sample\n")
     print(markdown_table(means, max_rows=means.height, max_chars=60))
-    if args.round == 5:  # the confirmation on the default sample: the candidate against the default
+    if args.round in (5, 6):  # the confirmation on the default sample: the candidate against the default
         verdict = study.confirm(frame, candidates[0])
         print(f"\n## {candidates[0][0]} minus {study.CURRENT[0]} (head), 95 % intervals\n")
         print("| metric | protocol | difference | seeds |\n|---|---|---|---|")
