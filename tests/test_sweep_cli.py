@@ -72,13 +72,18 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     path = sweep.run_path(folder, "cumulative", 0)
     full = pl.read_parquet(path)
     full.filter(pl.col("features") != "fused").write_parquet(path)  # a run saved before the fused view existed
+    capsys.readouterr()
+    assert cli.main([*args, "--set", "epochs=2"]) == 1  # another config under the same name: refused, not reused
+    err = capsys.readouterr().err
+    assert str(sweep.run_path(folder, "baseline", 0)) in err and "epochs: saved 1, now 2" in err
+    assert cli.main([*args, "--set", "num_workers=1"]) == 0  # where it runs is no part of what it learned
     assert cli.main([*args, "--variant", "cumulative-wise-.5"]) == 0  # WiSE-FT of the saved run: no training
     derived = load_encoder(sweep.model_path(folder, "cumulative-wise-.5", 0))
     config = config_from_strings(TINY, TrainConfig(wise_alpha=0.5))
     expected = wise(load_encoder(sweep.model_path(folder, "cumulative", 0)), initial_encoder(config), 0.5)
     assert all(torch.allclose(v, expected.state_dict()[k]) for k, v in derived.state_dict().items())
     assert set(pl.read_parquet(sweep.run_path(folder, "cumulative-wise-.5", 0))["features"]) == set(sweep.SCORED)
-    assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs) + 2  # another variant list: a parent, a child
+    assert len(mlflow.search_runs(experiment_names=["hmpcl"])) == len(runs) + 2  # another variant list: a parent, a child (none for the refused sweep)
     completed = pl.read_parquet(path)  # the missing view scored again from the saved model
     assert completed.height == full.height and set(completed["features"]) == set(sweep.SCORED)
     means = [sweep.overall(f.filter(pl.col("features") == "fused")).sort("protocol") for f in (full, completed)]

@@ -65,7 +65,7 @@ def _sweep_frames(layout: DataLayout) -> list[pl.DataFrame]:
     frames = []
     root = layout.sweeps_dir
     for path in sorted(root.glob("*/*/seed=*.parquet")) if root.is_dir() else []:
-        frames.append(pl.read_parquet(path).drop("final_loss", strict=False).with_columns(
+        frames.append(pl.read_parquet(path).drop("final_loss", "train_config", strict=False).with_columns(
             source=pl.lit("sweep"), sweep=pl.lit(path.parent.parent.name), run_id=pl.lit(None, pl.String),
             seed=pl.col("seed").cast(pl.Int64)))
     return frames

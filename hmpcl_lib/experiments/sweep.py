@@ -67,12 +67,15 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
     path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
     saved = pl.read_parquet(path) if path.exists() else None
+    config = dataclasses.replace(base, **(overrides or {}), seed=seed)
+    key = run_key(config, trained)
+    if saved is not None:
+        _check_same_run(path, saved, key)
     missing = [v for v in (SCORED if trained else UNTOUCHED_VIEWS) if saved is None or v not in set(saved["features"])]
     if saved is not None and trained and not saved_model.exists():
         missing = []  # a run saved without its encoder: nothing to score more views from
     if not missing:
         return saved
-    config = dataclasses.replace(base, **(overrides or {}), seed=seed)
     store = None
     if data_root is not None:
         from hmpcl_lib.modeling.pixels import ensure_pixel_store
@@ -104,12 +107,44 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
                                                   features=features, pixel_store=store).items():
             frames.append(bench.per_query.with_columns(
                 variant=pl.lit(variant), seed=pl.lit(seed), protocol=pl.lit(protocol), features=pl.lit(features),
-                final_loss=pl.lit(final_loss)))
+                final_loss=pl.lit(final_loss), train_config=pl.lit(key)))
     frame = pl.concat(frames, how="diagonal_relaxed")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp_path:
         frame.write_parquet(tmp_path)
     return frame
+
+
+# TrainConfig fields that do not change what a run learns (where it runs, how often it reports, where pixels are)
+RUN_FREE_FIELDS = ("num_workers", "log_every", "checkpoint_every_steps", "device", "pixel_store")
+UNTOUCHED_FIELDS = ("backbone", "weights", "image_size")  # all that defines an untouched backbone's scores
+
+
+def run_key(config, trained: bool = True) -> str:
+    """The TrainConfig fields that define a run's results, as JSON: saved with them, compared when a sweep resumes."""
+    import json
+
+    fields = dataclasses.asdict(config)
+    keep = UNTOUCHED_FIELDS if not trained else [k for k in fields if k not in RUN_FREE_FIELDS]
+    return json.dumps({k: fields[k] for k in keep}, sort_keys=True)
+
+
+def _check_same_run(path: Path, saved: pl.DataFrame, key: str) -> None:
+    """A saved run made with another config (another default since, another --set) is not reused under the same
+    name: HmpclError naming the file and the fields. Files saved before the config was kept pass unchecked."""
+    import json
+
+    from hmpcl_lib.errors import HmpclError
+
+    kept = saved["train_config"].drop_nulls() if "train_config" in saved.columns else []
+    if not len(kept):
+        return
+    was, now = json.loads(kept[0]), json.loads(key)
+    diff = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise HmpclError(f"{path} holds a run of another config ({detail}); pass the saved values with --set, or "
+                         f"use another --name or --out")
 
 
 def _same_training(overrides: dict[str, Any] | None, out_dir: str | Path, seed: int) -> str | None:
@@ -202,6 +237,13 @@ def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str,
     every seed too, so they pair with the trained runs like any variant (their scores do not depend on the seed).
     With `tracking_cfg`, a parent MLflow run `name` and one child run per trained (variant, seed)."""
     seeds = list(seeds)
+    for seed in seeds:  # refuse a stale folder before anything is logged or trained
+        for variant, o, trained in [(v, o, False) for v, o in (untouched or {}).items()] + \
+                                   [(v, o, True) for v, o in variants.items()]:
+            path = run_path(out_dir, variant, seed)
+            if path.exists():
+                _check_same_run(path, pl.read_parquet(path),
+                                run_key(dataclasses.replace(base, **(o or {}), seed=seed), trained))
     frames = []
     parent = _parent_run(tracking_cfg, name, variants, seeds, base) if tracking_cfg else None
     for seed in seeds:
@@ -223,7 +265,7 @@ def _parent_run(cfg, name: str, variants: dict, seeds: list[int], base) -> str:
 
     from hmpcl_lib import tracking
 
-    fp = tracking.fingerprint("sweep", name, variants, seeds, dataclasses.asdict(base))
+    fp = tracking.fingerprint("sweep", name, variants, seeds, run_key(base))  # where it runs: the same parent
     run = tracking.find_run(cfg, fp)  # the parent is closed at once; children are added to it by run id
     if run is not None:
         return run.info.run_id
