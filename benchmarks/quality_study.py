@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {metric} | {protocol} | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | "
                   f"{', '.join(f'{s}: {len(x)}' for s, x in d['seeds'].items())} |")
         print(f"\nChecks: {verdict.checks} -> {'replaces the default' if verdict.passed else 'the default stays'}")
+        cand = candidates[0]
+        pairs = [(cand, study.CURRENT), (cand, ("pretrained", "head")), (study.CURRENT, ("pretrained", "head")),
+                 (cand, study.BASELINE), (study.CURRENT, study.BASELINE)]
+        if cand[0] in study.BASELINE_OF:
+            pairs.append((cand, (study.BASELINE_OF[cand[0]], "head")))
+        print(f"\n## Every pair on this sample (95 % intervals)\n\n{study.pairs_table(frame, pairs)}")
         return 0
     shipped, verdicts, why = study.decide(frame, candidates)
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")

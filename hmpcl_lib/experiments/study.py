@@ -216,6 +216,27 @@ def decide(frame: pl.DataFrame, candidates=CANDIDATES) -> tuple[tuple[str, str],
     return CURRENT, verdicts, "no candidate passes and none beats the untouched backbone at R@1 without a loss"
 
 
+# the confirmation's other references: the baseline trained at the candidate's learning rate (same recipe, baseline loss)
+BASELINE_OF = {"cumulative-backbone-lr-1": "baseline-backbone-lr-1"}
+
+
+def pairs_table(frame: pl.DataFrame, pairs: list[tuple[tuple[str, str], tuple[str, str]]]) -> str:
+    """Markdown: one row per (ours, reference) pair, every metric's difference with its 95 % interval, leave-one-out
+    and headline R@1 (a pair that has not run yet is left out)."""
+    lines = ["| ours | minus | patent mAP | R@1 LOO | subclass mAP@100 | class mAP@100 | R@1 headline |",
+             "|---|---|---|---|---|---|---|"]
+    for ours, ref in pairs:
+        loo = compare(frame, ours, ref, "leave_one_out")
+        head = compare(frame, ours, ref, "deeppatent", ["patent_recall_at_1"])
+        if not (loo and head):
+            continue
+        cells = [loo[m] for m in ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")]
+        cells.append(head["patent_recall_at_1"])
+        lines.append(f"| {'/'.join(ours)} | {'/'.join(ref)} | "
+                     + " | ".join(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in cells) + " |")
+    return "\n".join(lines)
+
+
 def confirm(frame: pl.DataFrame, candidate: tuple[str, str] = ("cumulative-frozen-4", "head"),
             current: tuple[str, str] = CURRENT) -> Verdict:
     """RULE_5 on one sample's sweep: C1 (every mAP above `current`, intervals above zero) and C2 (R@1 under both
