@@ -164,11 +164,12 @@ class DynamicBatcher:
                 if len(results) != len(items):
                     raise RuntimeError(f"batched function gave {len(results)} results for {len(items)} items")
             except BaseException as exc:  # noqa: BLE001 - every caller gets the failure
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                for (_, future), result in zip(batch, results):
-                    future.set_result(result)
-            with self._count:
+                results, failure = None, exc
+            with self._count:  # counted before any caller wakes: whoever has a result sees its batch counted
                 self.batches += 1
                 self.items += len(items)
+            for i, (_, future) in enumerate(batch):
+                if results is None:
+                    future.set_exception(failure)
+                else:
+                    future.set_result(results[i])
