@@ -67,15 +67,15 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
 
     path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
     saved = pl.read_parquet(path) if path.exists() else None
-    config = dataclasses.replace(base, **(overrides or {}), seed=seed)
-    key = run_key(config, trained)
     if saved is not None:
-        _check_same_run(path, saved, key)
+        _check_same_run(path, saved, base, overrides, seed, trained)
     missing = [v for v in (SCORED if trained else UNTOUCHED_VIEWS) if saved is None or v not in set(saved["features"])]
     if saved is not None and trained and not saved_model.exists():
         missing = []  # a run saved without its encoder: nothing to score more views from
     if not missing:
         return saved
+    config = dataclasses.replace(base, **(overrides or {}), seed=seed)
+    key = run_key(config, trained)
     store = None
     if data_root is not None:
         from hmpcl_lib.modeling.pixels import ensure_pixel_store
@@ -129,7 +129,8 @@ def run_key(config, trained: bool = True) -> str:
     return json.dumps({k: fields[k] for k in keep}, sort_keys=True)
 
 
-def _check_same_run(path: Path, saved: pl.DataFrame, key: str) -> None:
+def _check_same_run(path: Path, saved: pl.DataFrame, base, overrides: dict[str, Any] | None, seed: int,
+                    trained: bool) -> None:
     """A saved run made with another config (another default since, another --set) is not reused under the same
     name: HmpclError naming the file and the fields. Files saved before the config was kept pass unchecked."""
     import json
@@ -139,6 +140,7 @@ def _check_same_run(path: Path, saved: pl.DataFrame, key: str) -> None:
     kept = saved["train_config"].drop_nulls() if "train_config" in saved.columns else []
     if not len(kept):
         return
+    key = run_key(dataclasses.replace(base, **(overrides or {}), seed=seed), trained)
     was, now = json.loads(kept[0]), json.loads(key)
     diff = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
     if diff:
@@ -242,8 +244,7 @@ def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str,
                                    [(v, o, True) for v, o in variants.items()]:
             path = run_path(out_dir, variant, seed)
             if path.exists():
-                _check_same_run(path, pl.read_parquet(path),
-                                run_key(dataclasses.replace(base, **(o or {}), seed=seed), trained))
+                _check_same_run(path, pl.read_parquet(path), base, o, seed, trained)
     frames = []
     parent = _parent_run(tracking_cfg, name, variants, seeds, base) if tracking_cfg else None
     for seed in seeds:
