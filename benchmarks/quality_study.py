@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, d in verdict.numbers.items():
             protocol = "deeppatent" if name == "r1_headline" else "leave_one_out"
             metric = "patent_recall_at_1" if name == "r1_headline" else name
-            print(f"| {metric} | {protocol} | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | "
+            print(f"| {metric} | {protocol} | {study.interval(d)} | "
                   f"{', '.join(f'{s}: {len(x)}' for s, x in d['seeds'].items())} |")
         print(f"\nChecks: {verdict.checks} -> {'replaces the default' if verdict.passed else 'the default stays'}")
         cand = candidates[0]

@@ -220,17 +220,19 @@ def test_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
 
 
 def embed_test(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, image_size: int, batch_size: int = 64,
-               features: str = "head", pixel_store=None):
+               features: str = "head", pixel_store=None, mirrored: bool = False):
     """(drawing ids, [N, D] vectors) of the test split; `features` picks the view (`models.FEATURES`: "pooled"
     skips the projection head, "fused" joins both); `pixel_store` reads decoded pixels instead of the PNGs
-    (hmpcl_lib.modeling.pixels)."""
+    (hmpcl_lib.modeling.pixels); `mirrored` embeds each drawing with its mirror image (`models.MirrorAveraged`)."""
     from hmpcl_lib.retrieval.embedding import embed_paths
-    from hmpcl_lib.modeling.models import FEATURES, feature_view
+    from hmpcl_lib.modeling.models import FEATURES, MirrorAveraged, feature_view
 
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
     if hasattr(model, "backbone"):
         model = feature_view(model, features)
+    if mirrored:
+        model = MirrorAveraged(model)
     rows = test_rows(hierarchy, splits)
     vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size,
                           pixel_store=pixel_store)
@@ -254,12 +256,9 @@ def evaluate_protocols(model, hierarchy: pl.DataFrame, splits: pl.DataFrame, ima
 
     view, flip = (features[:-len(QUERY_FLIP)], True) if features.endswith(QUERY_FLIP) else (features, False)
     embeddings = embed_test(model, hierarchy, splits, image_size, batch_size, view, pixel_store)
-    queries = None
-    if flip:  # query-side test-time augmentation: the queries as their image + mirror image, the gallery as is
-        from hmpcl_lib.modeling.models import MirrorAveraged, feature_view
-
-        mirrored = MirrorAveraged(feature_view(model, view) if hasattr(model, "backbone") else model)
-        queries = embed_test(mirrored, hierarchy, splits, image_size, batch_size, view, pixel_store)
+    # query-side test-time augmentation: the queries as their image + mirror image, the gallery as is
+    queries = embed_test(model, hierarchy, splits, image_size, batch_size, view, pixel_store, mirrored=True) \
+        if flip else None
     return {p: benchmark_embeddings(embeddings, hierarchy, splits, protocol=p, query_embeddings=queries)
             for p in protocols}
 

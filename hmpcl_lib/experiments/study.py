@@ -233,7 +233,7 @@ def pairs_table(frame: pl.DataFrame, pairs: list[tuple[tuple[str, str], tuple[st
         cells = [loo[m] for m in ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")]
         cells.append(head["patent_recall_at_1"])
         lines.append(f"| {'/'.join(ours)} | {'/'.join(ref)} | "
-                     + " | ".join(f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in cells) + " |")
+                     + " | ".join(interval(d) for d in cells) + " |")
     return "\n".join(lines)
 
 
@@ -251,11 +251,13 @@ def confirm(frame: pl.DataFrame, candidate: tuple[str, str] = ("cumulative-froze
     return Verdict(candidate, checks, {**loo, "r1_headline": head["patent_recall_at_1"]})
 
 
+def interval(d: dict) -> str:
+    """A difference of `compare` with its 95 % interval: "+0.012 [+0.004, +0.020]"."""
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
 def report(verdicts: list[Verdict]) -> str:
     """Markdown: one row per candidate, each difference with its 95 % interval, and which criteria it passed."""
-    def cell(d: dict) -> str:
-        return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-
     lines = ["| variant | features | seeds | R@1 LOO vs untouched | R@1 headline vs untouched | class mAP@100 vs baseline "
              "| subclass mAP@100 vs baseline | patent mAP vs baseline | passed | failed |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -266,7 +268,6 @@ def report(verdicts: list[Verdict]) -> str:
         seeds = ", ".join(f"{s}: {len(x)}" for s, x in v.numbers["class"]["seeds"].items())
         passed = " ".join(k for k, ok in v.checks.items() if ok)
         failed = " ".join(k for k, ok in v.checks.items() if not ok)
-        lines.append(f"| {v.candidate[0]} | {v.candidate[1]} | {seeds} | {cell(v.numbers['r1_loo'])} | "
-                     f"{cell(v.numbers['r1_headline'])} | {cell(v.numbers['class'])} | {cell(v.numbers['subclass'])} | "
-                     f"{cell(v.numbers['patent'])} | {passed} | {failed} |")
+        cells = " | ".join(interval(v.numbers[k]) for k in ("r1_loo", "r1_headline", "class", "subclass", "patent"))
+        lines.append(f"| {v.candidate[0]} | {v.candidate[1]} | {seeds} | {cells} | {passed} | {failed} |")
     return "\n".join(lines)

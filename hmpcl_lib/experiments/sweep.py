@@ -25,14 +25,14 @@ import polars as pl
 
 from hmpcl_lib.io import atomic_path
 from hmpcl_lib.modeling.models import FEATURES, QUERY_FLIP
+from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
+
+log = logging.getLogger(__name__)
 
 # What every run is scored on: a trained run's views (models.FEATURES) and its head with query-side test-time
 # augmentation; the untouched backbone's one view (its pooled features, recorded as "head"), with and without it.
 SCORED = (*FEATURES, "head" + QUERY_FLIP)
 UNTOUCHED_VIEWS = ("head", "head" + QUERY_FLIP)
-from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
-
-log = logging.getLogger(__name__)
 
 PARETO_METRICS = ("patent_map", "subclass_map_at_100", "class_map_at_100")
 SUMMARY_METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100",
@@ -59,16 +59,12 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     pooled features, recorded as "head", the only view it has).
     """
     from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows
-    from hmpcl_lib.modeling.models import build_encoder, load_encoder, save_encoder_safetensors
-    from hmpcl_lib.train.loop import train
-
-    from hmpcl_lib.modeling.models import wise
-    from hmpcl_lib.train.loop import initial_encoder
+    from hmpcl_lib.modeling.models import build_encoder, load_encoder, save_encoder_safetensors, wise
+    from hmpcl_lib.train.loop import initial_encoder, train
 
     path, saved_model = run_path(out_dir, variant, seed), model_path(out_dir, variant, seed)
+    _check_same_run(path, base, overrides, seed, trained)
     saved = pl.read_parquet(path) if path.exists() else None
-    if saved is not None:
-        _check_same_run(path, saved, base, overrides, seed, trained)
     missing = [v for v in (SCORED if trained else UNTOUCHED_VIEWS) if saved is None or v not in set(saved["features"])]
     if saved is not None and trained and not saved_model.exists():
         missing = []  # a run saved without its encoder: nothing to score more views from
@@ -129,15 +125,17 @@ def run_key(config, trained: bool = True) -> str:
     return json.dumps({k: fields[k] for k in keep}, sort_keys=True)
 
 
-def _check_same_run(path: Path, saved: pl.DataFrame, base, overrides: dict[str, Any] | None, seed: int,
-                    trained: bool) -> None:
+def _check_same_run(path: Path, base, overrides: dict[str, Any] | None, seed: int, trained: bool) -> None:
     """A saved run made with another config (another default since, another --set) is not reused under the same
-    name: HmpclError naming the file and the fields. Files saved before the config was kept pass unchecked."""
+    name: HmpclError naming the file and the fields. Reads the saved config column only; a missing file, or one
+    saved before the config was kept, passes."""
     import json
 
     from hmpcl_lib.errors import HmpclError
 
-    kept = saved["train_config"].drop_nulls() if "train_config" in saved.columns else []
+    if not path.exists() or "train_config" not in pl.read_parquet_schema(path):
+        return
+    kept = pl.read_parquet(path, columns=["train_config"])["train_config"].drop_nulls()
     if not len(kept):
         return
     key = run_key(dataclasses.replace(base, **(overrides or {}), seed=seed), trained)
@@ -242,9 +240,7 @@ def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str,
     for seed in seeds:  # refuse a stale folder before anything is logged or trained
         for variant, o, trained in [(v, o, False) for v, o in (untouched or {}).items()] + \
                                    [(v, o, True) for v, o in variants.items()]:
-            path = run_path(out_dir, variant, seed)
-            if path.exists():
-                _check_same_run(path, pl.read_parquet(path), base, o, seed, trained)
+            _check_same_run(run_path(out_dir, variant, seed), base, o, seed, trained)
     frames = []
     parent = _parent_run(tracking_cfg, name, variants, seeds, base) if tracking_cfg else None
     for seed in seeds:

@@ -145,8 +145,7 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
     _seed_everything(config.seed + rank)
 
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    encoder = build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
-                            image_size=config.image_size)
+    encoder = _start_encoder(config)
     encoder.to(device)
     encoder.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN) alike
     frozen = freeze_stages(encoder.backbone, config.frozen_stages)
@@ -195,13 +194,18 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
                 frozen, anchor)
 
 
+def _start_encoder(config: TrainConfig) -> Encoder:
+    """The configured encoder before training, from the global random state (its head's initialisation)."""
+    return build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
+                         image_size=config.image_size)
+
+
 def initial_encoder(config: TrainConfig) -> Encoder:
     """The encoder a run of `config` starts from (what L2-SP pulls towards and WiSE-FT averages with), built as
     `_setup` builds it, without touching the global random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_encoder(config.backbone, config.embed_dim, config.weights, head=config.head,
-                             image_size=config.image_size)
+        return _start_encoder(config)
 
 
 def _run_epoch(run: _Run, epoch: int, on_metrics: Callable[[int, dict[str, float]], None] | None) -> None:
