@@ -106,6 +106,24 @@ cumulative/head (and `make run` under 15 minutes). If it and cumulative-frozen-4
 leave-one-out R@1 there replaces the default. The README reports R1 and R2 against the untouched backbone there too,
 and says plainly whether the headline rank-1 gap is closed.
 """
+RULE_7 = """\
+Quality study rule, round 7 (issue 22), fixed on 2026-12-03 after the default changed to backbone_lr_mult 1.0 (RULE_6)
+and before any result of this round. Each candidate changes one thing of the new default (every one at
+backbone_lr_mult 1.0, head features; values picked once, never tuned here):
+  cumulative-lr1-frozen-4   the stem and the first 4 of the 7 stages frozen (round 2's best mAP, at the new lr);
+  cumulative-lr1-ema        the exported encoder is an exponential moving average of the weights (timm's
+                            ModelEmaV3 with its warmup: decay_t = min(0.999, 1 - (1 + t)^(-2/3)) at step t);
+  cumulative-lr1-16-epochs  16 epochs instead of 8 (same schedule shape);
+  cumulative-lr1-192px      the input at 192 px (run last, CPU time permitting).
+Data: generator seeds 1 and 2, training seeds 0-2 (pixel store, `hmpcl sweep`), queries of both samples pooled,
+paired bootstrap 95 % intervals. Reference: cumulative-backbone-lr-1/head, which trains exactly the new default.
+A candidate passes when, against it: C1 (patent mAP, subclass and class mAP@100: intervals above zero) and C2
+(R@1 leave-one-out and headline: means not below) of RULE_5 hold, and C3: C1's three means are above zero on each
+sample alone. A passing candidate replaces the default only after C1 and C2 hold again on the default sample (data/,
+seeds 0-2) against cumulative-backbone-lr-1 there and `make run` with it stays under 15 minutes; of several, the one
+with the highest leave-one-out R@1 there. A candidate not run or not confirmed for CPU time does not ship, and the
+README says so.
+"""
 CURRENT = ("cumulative", "head")
 BASELINE = ("baseline", "head")
 UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px"}  # else "pretrained"
