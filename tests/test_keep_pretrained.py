@@ -1,5 +1,6 @@
 """Keeping what the pretrained backbone knows (issue 22, round 2): frozen early stages, L2-SP and WiSE-FT
-(`models.freeze_stages`, `models.wise`, `loop._l2sp_penalty`, TrainConfig `frozen_stages`, `l2sp`, `wise_alpha`)."""
+(`models.freeze_stages`, `models.wise`, `loop._l2sp_penalty`, TrainConfig `frozen_stages`, `l2sp`, `wise_alpha`);
+and round 7's moving average of the weights (TrainConfig `ema_decay`, timm's ModelEmaV3)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,49 @@ def test_mirror_averaged_queries_are_the_same_for_an_image_and_its_mirror():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(2))
     assert not torch.allclose(a, plain, atol=1e-3) and mirrored.config is encoder.config
+
+
+def test_ema_exports_the_warmed_up_moving_average_of_the_weights_after_each_step(tmp_path, drawing_table, monkeypatch):
+    after_step = []  # the raw weights after each optimizer step, recorded around the loop's own step
+    real_step = training._train_step
+
+    def recording_step(run, batch):
+        out = real_step(run, batch)
+        after_step.append({k: v.detach().clone() for k, v in run.encoder.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(training, "_train_step", recording_step)
+    config = tiny_config(epochs=1, steps_per_epoch=4, backbone_lr_mult=1.0, ema_decay=0.5)
+    averaged = train(config, drawing_table, tmp_path / "ema", resume=False).model
+    expected = dict(after_step[0])  # t = 1: decay 0, the average starts at the weights after the first step
+    for t, weights in enumerate(after_step[1:], start=2):  # then min(ema_decay, 1 - t^(-2/3)) (study.RULE_7)
+        decay = min(0.5, 1 - t ** (-2 / 3))
+        expected = {k: decay * expected[k] + (1 - decay) * w if w.is_floating_point() else w
+                    for k, w in weights.items()}
+    got = averaged.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.equal(got[k], after_step[-1][k]) for k in got if got[k].is_floating_point())
+    # the exported encoder is the average; the checkpoint keeps both, so a resumed run continues the same average
+    assert _backbone_distance(load_encoder(tmp_path / "ema" / "encoder.pt"), averaged) == 0
+    ckpt = torch.load(tmp_path / "ema" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(ckpt["ema"][k], v) for k, v in got.items())
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        tiny_config(ema_decay=1.0)
+
+
+def test_ema_resumed_mid_epoch_continues_the_same_average(tmp_path, drawing_table):
+    config = tiny_config(epochs=1, steps_per_epoch=4, backbone_lr_mult=1.0, ema_decay=0.9, checkpoint_every_steps=2)
+    straight = train(config, drawing_table, tmp_path / "straight", resume=False).model
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(step, metrics):
+        if step == 3 and "loss" in metrics:
+            raise Crash
+    with pytest.raises(Crash):  # the checkpoint of step 2 is the last one written
+        train(config, drawing_table, tmp_path / "crashed", on_metrics=crash_at_3)
+    resumed = train(config, drawing_table, tmp_path / "crashed").model
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)

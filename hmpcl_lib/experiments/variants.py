@@ -44,6 +44,12 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "baseline-backbone-lr-1": {"loss": "baseline", "backbone_lr_mult": 1.0},  # the baseline at round 3's lr
     "cumulative-freeze-bn": {"loss": "hierarchical", "target": "cumulative", "freeze_bn": True},
     "cumulative-frozen-6": {"loss": "hierarchical", "target": "cumulative", "frozen_stages": 6},
+    # round 7 of issue 22 (study.RULE_7): one change each to the new default, its backbone lr written out
+    "cumulative-lr1-frozen-4": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
+                                "frozen_stages": 4},
+    "cumulative-lr1-ema": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "ema_decay": 0.999},
+    "cumulative-lr1-16-epochs": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "epochs": 16},
+    "cumulative-lr1-192px": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "image_size": 192},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)

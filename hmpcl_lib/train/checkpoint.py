@@ -70,9 +70,10 @@ class TrainState:
 
 
 class _Checkpointer:
-    def __init__(self, path, config, fingerprint, encoder, criterion, optimizer, scheduler):
+    def __init__(self, path, config, fingerprint, encoder, criterion, optimizer, scheduler, ema=None):
         self.path, self.config, self.fingerprint = path, config, fingerprint
         self.encoder, self.criterion, self.optimizer, self.scheduler = encoder, criterion, optimizer, scheduler
+        self.ema = ema
 
     def __call__(self, state: TrainState, epoch: int, batches_done: int, rng_states: list[dict]) -> None:
         payload = {
@@ -88,6 +89,7 @@ class _Checkpointer:
             "epoch": epoch,
             "batches_done": batches_done,
             "rng": rng_states,
+            **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
         }
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
@@ -109,7 +111,7 @@ def _save_everywhere(save: _Checkpointer | None, state: TrainState, epoch: int, 
 
 
 def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criterion, optimizer, scheduler,
-             rank: int) -> TrainState:
+             rank: int, ema=None) -> TrainState:
     try:  # tensors and plain values only: nothing the project writes is unpickled
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -130,6 +132,8 @@ def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criteri
     criterion.load_state_dict(ckpt["loss"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None:  # ema_decay is part of the config checked above, so a run with an average saved one
+        ema.module.load_state_dict(ckpt["ema"])
     rng = ckpt["rng"]
     if len(rng) != D.world_size():
         log.warning("checkpoint holds RNG states of %d ranks, running with %d: RNG streams restart", len(rng),

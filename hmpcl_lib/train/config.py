@@ -47,6 +47,9 @@ class TrainConfig:
     frozen_stages: int = 0  # the stem and the first N stages of the backbone do not train (BatchNorm statistics too)
     # WiSE-FT (Wortsman et al., CVPR 2022): the exported backbone is w0 + wise_alpha * (w - w0); 1 = as trained
     wise_alpha: float = 1.0
+    # > 0: the exported encoder is an exponential moving average of the weights (timm's ModelEmaV3 with its warmup:
+    # decay min(ema_decay, 1 - t^(-2/3)) after t optimizer steps, so short runs average over their later steps)
+    ema_decay: float = 0.0
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
@@ -93,6 +96,7 @@ class TrainConfig:
         need(self.l2sp >= 0, f"l2sp must be >= 0, got {self.l2sp}")
         need(self.frozen_stages >= 0, f"frozen_stages must be >= 0, got {self.frozen_stages}")
         need(0 <= self.wise_alpha <= 1, f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
+        need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")

@@ -6,7 +6,8 @@ A rerun with `resume=True` continues exactly where it stopped: augmentation is s
 (seed, epoch, batch, index), so a resumed run sees the same images, crops and batches as an uninterrupted one.
 Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP, each rank draws its part of every hierarchical
 batch, the loss gathers embeddings across ranks, and only rank 0 writes checkpoints, logs and calls on_metrics.
-The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the CLI `hmpcl_lib.train.cli`.
+With `ema_decay` > 0 the run exports an exponential moving average of the weights (timm's `ModelEmaV3`, kept
+in the checkpoint). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the CLI `hmpcl_lib.train.cli`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from hmpcl_lib.errors import HmpclError
@@ -97,12 +99,13 @@ def train(
         for epoch in range(run.state.epoch, config.epochs):
             _run_epoch(run, epoch, on_metrics)
         run.progress.close()
-        run.encoder.eval()
+        final = run.ema.module if run.ema is not None else run.encoder  # what the run exports
+        final.eval()
         if config.wise_alpha != 1.0:
-            wise(run.encoder, initial_encoder(config), config.wise_alpha)
+            wise(final, initial_encoder(config), config.wise_alpha)
         if run.is_main:
-            _export_encoder(out_dir / "encoder.pt", run.encoder, config)
-        return TrainResult(model=run.encoder, checkpoint_path=run.ckpt_path, history=run.state.history, config=config)
+            _export_encoder(out_dir / "encoder.pt", final, config)
+        return TrainResult(model=final, checkpoint_path=run.ckpt_path, history=run.state.history, config=config)
     finally:
         if started_dist and D.is_dist():
             torch.distributed.destroy_process_group()
@@ -130,6 +133,7 @@ class _Run:
     state: TrainState
     frozen: list = field(default_factory=list)  # modules of the backbone that do not train (eval mode too)
     anchor: list = field(default_factory=list)  # L2-SP: (trainable backbone parameter, its initial value)
+    ema: Any = None  # timm ModelEmaV3 of the encoder when config.ema_decay > 0 (what the run exports)
     window: list = field(default_factory=lambda: [time.perf_counter(), 0])  # start, images since (images/s)
 
 
@@ -152,6 +156,7 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
     anchor = [(p, p.detach().clone()) for p in encoder.backbone.parameters() if p.requires_grad] if config.l2sp else []
     criterion = build_loss(config).to(device)
     optimizer = _build_optimizer(encoder, criterion, config)
+    ema = ModelEmaV3(encoder, decay=config.ema_decay, use_warmup=True) if config.ema_decay else None
 
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (global) must be divisible by the {world} ranks")
@@ -169,7 +174,7 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
 
     state = TrainState()
     if resume and ckpt_path.exists():
-        state = _restore(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, rank)
+        state = _restore(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, rank, ema)
         log.info("resuming from %s at epoch %d, batch %d (step %d)", ckpt_path, state.epoch,
                  state.batches_done, state.step)
 
@@ -188,10 +193,10 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
     loader = _build_loader(dataset, epoch_batches, config, device, world)
 
     is_main = rank == 0
-    save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler) if is_main else None
+    save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, ema) if is_main else None
     return _Run(config, device, world, is_main, encoder, model, criterion, optimizer, scheduler, dataset, loader,
                 epoch_batches, steps_per_epoch, ckpt_path, save, _progress(total_steps, state.step, is_main), state,
-                frozen, anchor)
+                frozen, anchor, ema)
 
 
 def _start_encoder(config: TrainConfig) -> Encoder:
@@ -268,6 +273,8 @@ def _train_step(run: _Run, batch) -> tuple[float, float, int]:
     if run.config.grad_clip is not None:
         nn.utils.clip_grad_norm_(list(run.encoder.parameters()) + list(criterion.parameters()), run.config.grad_clip)
     optimizer.step()
+    if run.ema is not None:  # same weights on every rank after the step, so every rank's average agrees
+        run.ema.update(run.encoder, step=run.state.step + 1)
     lr_now = optimizer.param_groups[-1]["lr"]
     run.scheduler.step()
     return step_loss, lr_now, images.shape[0]
