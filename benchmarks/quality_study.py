@@ -15,6 +15,13 @@
     done
     .venv/bin/python benchmarks/quality_study.py --round 2 data-sample1/sweeps/study data-sample2/sweeps/study
 
+    # round 7 (study.RULE_7): one change each to the new default (backbone lr x1), against its runs
+    for s in 1 2; do .venv/bin/hmpcl sweep --data-root data-sample$s --no-mlflow --seeds 0 1 2 --name study \
+      --variant cumulative-backbone-lr-1 --variant cumulative-lr1-frozen-4 --variant cumulative-lr1-ema \
+      --variant cumulative-lr1-16-epochs --variant pretrained-192px --variant cumulative-lr1-192px
+    done
+    .venv/bin/python benchmarks/quality_study.py --round 7 data-sample1/sweeps/study data-sample2/sweeps/study
+
 Prints the round's rule (`hmpcl_lib.experiments.study.RULE`, `RULE_2`), the per-sample means of every run (mean ± sd over training seeds), the
 candidates' paired differences with 95 % intervals on the pooled queries, and what the rule ships. A partial study
 (not every seed run yet) is reported as it stands, with the seeds each row used.
@@ -136,6 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         if cand[0] in study.BASELINE_OF:
             pairs.append((cand, (study.BASELINE_OF[cand[0]], "head")))
         print(f"\n## Every pair on this sample (95 % intervals)\n\n{study.pairs_table(frame, pairs)}")
+        return 0
+    if args.round == 7:  # one change each to the new default, judged against its runs (C1-C3)
+        print(f"\n## Candidates minus {'/'.join(study.NEW_DEFAULT)} on the pooled queries (95 % intervals)\n")
+        print(study.pairs_table(frame, [(c, study.NEW_DEFAULT) for c in candidates]))
+        print("\n| candidate | passed | failed |\n|---|---|---|")
+        for cand in candidates:
+            v = study.confirm(frame, cand, study.NEW_DEFAULT, per_sample=True)
+            print(f"| {'/'.join(cand)} | {' '.join(k for k, ok in v.checks.items() if ok)} | "
+                  f"{' '.join(k for k, ok in v.checks.items() if not ok) if v.numbers else 'not run yet'} |")
+        untouched = [(c, (study.UNTOUCHED_OF.get(c[0], "pretrained"), "head")) for c in (study.NEW_DEFAULT, *candidates)]
+        print(f"\n## Against the untouched backbone at the same input size\n\n{study.pairs_table(frame, untouched)}")
+        print("\n## How far each backbone moved from the pretrained weights\n")
+        print(markdown_table(backbone_drift(dirs), max_rows=100, max_chars=60))
         return 0
     shipped, verdicts, why = study.decide(frame, candidates)
     print("\n## Candidates: paired differences on the pooled queries (95 % intervals)\n")

@@ -88,3 +88,18 @@ def test_the_confirmation_needs_every_map_above_the_default_and_no_rank_one_loss
     flat = _runs("cumulative-frozen-4", "head", r1=0.42, cls=0.55, sub=0.53, patent=0.40, samples=("s0",))
     assert not study.confirm(pl.concat([current, flat])).checks["C1"]  # subclass only equal
     assert not study.confirm(current).passed  # not run yet
+
+
+def test_round_7_judges_each_candidate_against_the_new_default_on_every_sample():
+    reference = _runs(*study.NEW_DEFAULT, r1=0.45, cls=0.70, sub=0.60, patent=0.40)
+    better = _runs("cumulative-lr1-ema", "head", r1=0.46, cls=0.72, sub=0.62, patent=0.42)
+    verdict = study.confirm(_frame(reference, better), ("cumulative-lr1-ema", "head"), study.NEW_DEFAULT,
+                            per_sample=True)
+    assert verdict.checks == {"C1": True, "C2": True, "C3": True}
+    # a pooled gain that comes from one sample alone fails C3 (and would pass C1 and C2)
+    one = _runs("cumulative-lr1-ema", "head", r1=0.46, cls=0.80, sub=0.62, patent=0.42, samples=("s1",))
+    other = _runs("cumulative-lr1-ema", "head", r1=0.46, cls=0.69, sub=0.62, patent=0.42, samples=("s2",))
+    verdict = study.confirm(_frame(reference, one, other), ("cumulative-lr1-ema", "head"), study.NEW_DEFAULT,
+                            per_sample=True)
+    assert verdict.checks == {"C1": True, "C2": True, "C3": False}
+    assert [c for c, _ in study.ROUNDS[7][1]] == [c for c, _ in study.CANDIDATES_7]

@@ -124,12 +124,17 @@ seeds 0-2) against cumulative-backbone-lr-1 there and `make run` with it stays u
 with the highest leave-one-out R@1 there. A candidate not run or not confirmed for CPU time does not ship, and the
 README says so.
 """
+CANDIDATES_7 = (("cumulative-lr1-frozen-4", "head"), ("cumulative-lr1-ema", "head"),
+                ("cumulative-lr1-16-epochs", "head"), ("cumulative-lr1-192px", "head"))
+NEW_DEFAULT = ("cumulative-backbone-lr-1", "head")  # round 7's reference: trains exactly TrainConfig's default
 CURRENT = ("cumulative", "head")
 BASELINE = ("baseline", "head")
-UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px"}  # else "pretrained"
+UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pretrained-192px",
+                "cumulative-lr1-192px": "pretrained-192px"}  # else "pretrained"
 ROUNDS = {1: (RULE, CANDIDATES), 2: (RULE_2, CANDIDATES_2), 3: (RULE_3, CANDIDATES_3), 4: (RULE_4, CANDIDATES_4),
           5: (RULE_5, (("cumulative-frozen-4", "head"),)),  # 5, 6: confirmations on the default sample (`confirm`)
-          6: (RULE_6, (("cumulative-backbone-lr-1", "head"),))}  # round: (rule text, its candidates)
+          6: (RULE_6, (("cumulative-backbone-lr-1", "head"),)),
+          7: (RULE_7, CANDIDATES_7)}  # round: (rule text, its candidates)
 METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
 
 
@@ -256,9 +261,10 @@ def pairs_table(frame: pl.DataFrame, pairs: list[tuple[tuple[str, str], tuple[st
 
 
 def confirm(frame: pl.DataFrame, candidate: tuple[str, str] = ("cumulative-frozen-4", "head"),
-            current: tuple[str, str] = CURRENT) -> Verdict:
+            current: tuple[str, str] = CURRENT, per_sample: bool = False) -> Verdict:
     """RULE_5 on one sample's sweep: C1 (every mAP above `current`, intervals above zero) and C2 (R@1 under both
-    protocols not below it, means)."""
+    protocols not below it, means). `per_sample` (RULE_7, several samples pooled) adds C3: every mAP's mean above
+    `current`'s on each sample alone."""
     loo = compare(frame, candidate, current, "leave_one_out")
     head = compare(frame, candidate, current, "deeppatent", ["patent_recall_at_1"])
     if not (loo and head):
@@ -266,6 +272,8 @@ def confirm(frame: pl.DataFrame, candidate: tuple[str, str] = ("cumulative-froze
     maps = ("patent_map", "subclass_map_at_100", "class_map_at_100")
     checks = {"C1": all(loo[m]["low"] > 0 for m in maps),
               "C2": loo["patent_recall_at_1"]["diff"] >= 0 and head["patent_recall_at_1"]["diff"] >= 0}
+    if per_sample:
+        checks["C3"] = all(v > 0 for m in maps for v in loo[m]["per_sample"].values())
     return Verdict(candidate, checks, {**loo, "r1_headline": head["patent_recall_at_1"]})
 
 
