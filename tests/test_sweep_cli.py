@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import mlflow
 import polars as pl
 import pytest
@@ -106,3 +107,25 @@ def test_the_sweep_and_the_comparison_share_one_variant_registry(tmp_path, capsy
     assert "pretrained" in variants.UNTOUCHED and not set(variants.UNTOUCHED) & set(variants.TRAINED)
     assert cli.main(["sweep", "--data-root", str(tmp_path), "--variant", "pretrained-999px", "--no-mlflow"]) == 1
     assert "unknown variant(s) ['pretrained-999px'] for a sweep" in capsys.readouterr().err
+
+
+def test_a_field_added_since_a_run_was_saved_counts_as_what_it_meant_before(tmp_path):
+    """A saved run (or checkpoint) lacks the fields added after it: each takes the value it had before it existed,
+    not today's default, which may have changed since (target "item" became "cumulative")."""
+    import json
+
+    from hmpcl_lib.errors import HmpclError
+    from hmpcl_lib.train.config import BEFORE_IT_EXISTED, saved_config_values
+
+    base = TrainConfig()
+    old = json.loads(sweep.run_key(dataclasses.replace(base, target="item")))
+    for name in BEFORE_IT_EXISTED:
+        old.pop(name, None)
+    path = tmp_path / "seed=0.parquet"
+    pl.DataFrame({"train_config": [json.dumps(old)]}).write_parquet(path)
+    sweep._check_same_run(path, base, {"target": "item"}, 0, True)  # the same run as then: reused
+    with pytest.raises(HmpclError, match=r"target: saved 'item', now 'cumulative'"):
+        sweep._check_same_run(path, base, {}, 0, True)
+    with pytest.raises(HmpclError, match=r"ema_decay: saved 0.0, now 0.5"):
+        sweep._check_same_run(path, base, {"target": "item", "ema_decay": 0.5}, 0, True)
+    assert saved_config_values({})["frozen_stages"] == 0 and saved_config_values({"epochs": 3})["epochs"] == 3

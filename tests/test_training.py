@@ -192,6 +192,13 @@ def test_resume_refuses_a_different_config_or_table(tmp_path, drawing_table):
         train(tiny_config(epochs=1, steps_per_epoch=1), drawing_table.reverse(), tmp_path)
     # fields that do not change the maths may differ
     train(tiny_config(epochs=1, steps_per_epoch=1, log_every=5, checkpoint_every_steps=3), drawing_table, tmp_path)
+    # a checkpoint written before a field existed trained at what the field meant then, not at today's default
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["target"], ckpt["config"]["ema_decay"]
+    torch.save(ckpt, path)
+    with pytest.raises(Exception, match=r"config differs \(target: checkpoint 'item' vs now 'cumulative'\)"):
+        train(tiny_config(epochs=1, steps_per_epoch=1), drawing_table, tmp_path)
 
 
 class _NaNOnCall(HierarchicalContrastiveLoss):

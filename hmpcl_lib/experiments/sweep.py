@@ -132,6 +132,7 @@ def _check_same_run(path: Path, base, overrides: dict[str, Any] | None, seed: in
     import json
 
     from hmpcl_lib.errors import HmpclError
+    from hmpcl_lib.train.config import saved_config_values
 
     if not path.exists() or "train_config" not in pl.read_parquet_schema(path):
         return
@@ -139,7 +140,8 @@ def _check_same_run(path: Path, base, overrides: dict[str, Any] | None, seed: in
     if not len(kept):
         return
     key = run_key(dataclasses.replace(base, **(overrides or {}), seed=seed), trained)
-    was, now = json.loads(kept[0]), json.loads(key)
+    now = json.loads(key)
+    was = {k: v for k, v in saved_config_values(json.loads(kept[0])).items() if k in now}  # fields added since
     diff = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
     if diff:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())

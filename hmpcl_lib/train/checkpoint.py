@@ -18,7 +18,7 @@ from hmpcl_lib.errors import HmpclError
 from hmpcl_lib.io import atomic_path
 from hmpcl_lib.modeling import distributed as D
 from hmpcl_lib.modeling.models import Encoder
-from hmpcl_lib.train.config import TrainConfig
+from hmpcl_lib.train.config import TrainConfig, saved_config_values
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _restore(path: Path, config: TrainConfig, fingerprint: str, encoder, criteri
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise HmpclError(f"{path} is not an hmpcl training checkpoint; move it away or pass resume=False")
     saved, wanted = ckpt["config"], config.to_dict()
-    saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **saved}  # fields added since: defaults
+    saved = saved_config_values(saved)  # a field added since: the value it had before it existed
     diff = {k: (saved.get(k), v) for k, v in wanted.items()
             if k not in RESUME_FREE_FIELDS and _resume_key(k, saved.get(k)) != _resume_key(k, v)}
     if diff:

@@ -108,6 +108,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# What a field added after the first release meant before it existed: the value a checkpoint or saved sweep run
+# written without it trained with. Not today's default, which may have changed since the field was added (target).
+BEFORE_IT_EXISTED: dict[str, Any] = {"target": "item", "pixel_store": "", "l2sp": 0.0, "frozen_stages": 0,
+                                     "wise_alpha": 1.0, "ema_decay": 0.0}
+
+
+def saved_config_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig dict saved by this or an older hmpcl, every field present: one it lacks takes the value it had
+    before it existed (`BEFORE_IT_EXISTED`), else its default. Fields no longer known are kept (they differ)."""
+    defaults = {f.name: BEFORE_IT_EXISTED.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)}
+    return {**defaults, **saved}
+
+
 def _flag_type(hint: Any) -> Callable[[str], Any]:
     """argparse converter for a dataclass field type (optional types accept 'none'/'auto')."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
