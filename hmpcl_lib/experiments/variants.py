@@ -29,7 +29,8 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "cumulative-1-subclass": {"loss": "hierarchical", "target": "cumulative", "subclasses_per_class": 1},
     "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
     "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
-    "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0},
+    "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
+                                 "frozen_stages": 0},  # round 7's reference (study.NEW_DEFAULT): every stage trains
     # the hypotheses of issue 22 (README "Quality study"): more class pull, more pixels
     "cumulative-class-.4": {"loss": "hierarchical", "target": "cumulative", "s_class": 0.4},
     "cumulative-160px": {"loss": "hierarchical", "target": "cumulative", "image_size": 160},
@@ -44,12 +45,15 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "baseline-backbone-lr-1": {"loss": "baseline", "backbone_lr_mult": 1.0},  # the baseline at round 3's lr
     "cumulative-freeze-bn": {"loss": "hierarchical", "target": "cumulative", "freeze_bn": True},
     "cumulative-frozen-6": {"loss": "hierarchical", "target": "cumulative", "frozen_stages": 6},
-    # round 7 of issue 22 (study.RULE_7): one change each to the new default, its backbone lr written out
+    # round 7 of issue 22 (study.RULE_7): one change each to the new default, its backbone lr and stages written out
     "cumulative-lr1-frozen-4": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
                                 "frozen_stages": 4},
-    "cumulative-lr1-ema": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "ema_decay": 0.999},
-    "cumulative-lr1-16-epochs": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "epochs": 16},
-    "cumulative-lr1-192px": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "image_size": 192},
+    "cumulative-lr1-ema": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "frozen_stages": 0,
+                           "ema_decay": 0.999},
+    "cumulative-lr1-16-epochs": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
+                                 "frozen_stages": 0, "epochs": 16},
+    "cumulative-lr1-192px": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
+                             "frozen_stages": 0, "image_size": 192},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
