@@ -4,9 +4,10 @@ A variant is the TrainConfig overrides that define it, or None for the untouched
 `COMPARISON` names the variants of the model comparison (the `variant_encoder` / `variant_benchmark` partitions);
 `hmpcl sweep` trains any trained variant over seeds, by default `SWEEP`. "hierarchical" keeps TrainConfig's own
 target ("cumulative", the winner of the issue-11 sweep), so it trains what TrainConfig's default trains.
-Overrides are relative to TrainConfig's defaults: since issue 22 that is backbone_lr_mult 1.0 (so "cumulative" and
-"cumulative-backbone-lr-1" now train the same). The README's sweep and study tables before that change pin the old
-value with `--set backbone_lr_mult=0.1`, as their commands show.
+Overrides are relative to TrainConfig's defaults: since issue 22 that is backbone_lr_mult 1.0, and since its round 7
+16 epochs (so "cumulative" now trains what "cumulative-lr1-16-epochs" trained). The README's sweep and study tables
+before those changes pin the old values with `--set backbone_lr_mult=0.1 --set epochs=8` (or `--set epochs=8` alone),
+as their commands show; round 7's variants and its reference write every changed value out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "cumulative-16-epochs": {"loss": "hierarchical", "target": "cumulative", "epochs": 16},
     "cumulative-learnable-tau": {"loss": "hierarchical", "target": "cumulative", "learn_temperature": True},
     "cumulative-backbone-lr-1": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
-                                 "frozen_stages": 0},  # round 7's reference (study.NEW_DEFAULT): every stage trains
+                                 "frozen_stages": 0, "epochs": 8},  # round 7's reference (study.NEW_DEFAULT): every stage trains
     # the hypotheses of issue 22 (README "Quality study"): more class pull, more pixels
     "cumulative-class-.4": {"loss": "hierarchical", "target": "cumulative", "s_class": 0.4},
     "cumulative-160px": {"loss": "hierarchical", "target": "cumulative", "image_size": 160},
@@ -47,13 +48,13 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "cumulative-frozen-6": {"loss": "hierarchical", "target": "cumulative", "frozen_stages": 6},
     # round 7 of issue 22 (study.RULE_7): one change each to the new default, its backbone lr and stages written out
     "cumulative-lr1-frozen-4": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
-                                "frozen_stages": 4},
+                                "frozen_stages": 4, "epochs": 8},
     "cumulative-lr1-ema": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0, "frozen_stages": 0,
-                           "ema_decay": 0.999},
+                           "ema_decay": 0.999, "epochs": 8},
     "cumulative-lr1-16-epochs": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
                                  "frozen_stages": 0, "epochs": 16},
     "cumulative-lr1-192px": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
-                             "frozen_stages": 0, "image_size": 192},
+                             "frozen_stages": 0, "image_size": 192, "epochs": 8},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
