@@ -7,7 +7,8 @@ A rerun with `resume=True` continues exactly where it stopped: augmentation is s
 Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP, each rank draws its part of every hierarchical
 batch, the loss gathers embeddings across ranks, and only rank 0 writes checkpoints, logs and calls on_metrics.
 With `ema_decay` > 0 the run exports an exponential moving average of the weights (timm's `ModelEmaV3`, kept
-in the checkpoint). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the CLI `hmpcl_lib.train.cli`.
+in the checkpoint). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the
+CLI `hmpcl_lib.train.cli`.
 """
 
 from __future__ import annotations
