@@ -26,6 +26,7 @@ import polars as pl
 from hmpcl_lib.io import atomic_path
 from hmpcl_lib.modeling.models import FEATURES, QUERY_FLIP
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS, paired_bootstrap
+from hmpcl_lib.train.checkpoint import RESUME_FREE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     return frame
 
 
-# TrainConfig fields that do not change what a run learns (where it runs, how often it reports, where pixels are)
-RUN_FREE_FIELDS = ("num_workers", "log_every", "checkpoint_every_steps", "device", "pixel_store")
+# TrainConfig fields that do not change what a run learns: those a checkpoint resumes across (where it runs, how often
+# it reports) and the pixel store's path, which the sweep sets itself (every sweep run reads one)
+RUN_FREE_FIELDS = RESUME_FREE_FIELDS | {"pixel_store"}
 UNTOUCHED_FIELDS = ("backbone", "weights", "image_size")  # all that defines an untouched backbone's scores
 
 
@@ -139,10 +141,9 @@ def _check_same_run(path: Path, base, overrides: dict[str, Any] | None, seed: in
     kept = pl.read_parquet(path, columns=["train_config"])["train_config"].drop_nulls()
     if not len(kept):
         return
-    key = run_key(dataclasses.replace(base, **(overrides or {}), seed=seed), trained)
-    now = json.loads(key)
-    was = {k: v for k, v in saved_config_values(json.loads(kept[0])).items() if k in now}  # fields added since
-    diff = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
+    now = json.loads(run_key(dataclasses.replace(base, **(overrides or {}), seed=seed), trained))
+    was = saved_config_values(json.loads(kept[0]))  # a field added since: the value it had before it existed
+    diff = {k: (was[k], v) for k, v in sorted(now.items()) if was[k] != v}
     if diff:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise HmpclError(f"{path} holds a run of another config ({detail}); pass the saved values with --set, or "
