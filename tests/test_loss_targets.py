@@ -128,3 +128,66 @@ def test_cumulative_gradient_matches_finite_differences():
 def test_unknown_target_is_refused():
     with pytest.raises(ValueError, match="target must be one of"):
         HierarchicalContrastiveLoss(target="per-level")
+
+
+def reference_cumulative_set(z, patent, subclass, klass, s, tau, coarse_tau=None):
+    """"cumulative" whose coarse terms are -log of the softmax mass on the positive set (at their own temperature)."""
+    patent, subclass, klass = patent.tolist(), subclass.tolist(), klass.tolist()
+    n = len(patent)
+    loss, any_anchor = 0.0, set()
+    for depth in range(3):
+        if s[depth] == 0:
+            continue
+        logit = _logits(z, tau if depth == 0 or coarse_tau is None else coarse_tau)
+        total, anchors = 0.0, 0
+        for i in range(n):
+            positives = [j for j in range(n) if j != i and (lvl := _level(i, j, patent, subclass, klass)) is not None
+                         and lvl <= depth]
+            if not positives:
+                continue
+            anchors += 1
+            any_anchor.add(i)
+            log_norm = _log_norm({j: logit[i][j] for j in range(n) if j != i})
+            if depth == 0:
+                total -= sum(logit[i][j] - log_norm for j in positives) / len(positives)
+            else:
+                total -= _log_norm({j: logit[i][j] for j in positives}) - log_norm
+        loss += s[depth] * (total / anchors if anchors else 0.0)
+    return loss, len(any_anchor), n - len(any_anchor)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("scores", [(1.0, 0.5, 0.25), (2.0, 1.0, 0.0)])
+@pytest.mark.parametrize("coarse_tau", [None, 0.3])
+def test_cumulative_set_matches_float64_reference(seed, scores, coarse_tau):
+    z, patent, subclass, klass = random_batch(n=4 + 5 * seed, seed=seed)
+    loss_fn = HierarchicalContrastiveLoss(*scores, temperature=0.1, target="cumulative-set",
+                                          coarse_temperature=coarse_tau)
+    expected, anchors, skipped = reference_cumulative_set(z, patent, subclass, klass, scores, 0.1, coarse_tau)
+    assert loss_fn(z.float(), patent, subclass, klass).item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert (loss_fn.last_num_anchors, loss_fn.last_num_skipped) == (anchors, skipped)
+    assert loss_fn(z, patent, subclass, klass).item() == pytest.approx(expected, rel=1e-7, abs=1e-7)
+
+
+def test_cumulative_coarse_temperature_matches_the_reference_per_term():
+    """"cumulative" with coarse_temperature: each coarse term is the plain cumulative term at that temperature."""
+    z, patent, subclass, klass = random_batch(n=16, seed=2)
+    got = HierarchicalContrastiveLoss(1.0, 0.5, 0.25, temperature=0.1, target="cumulative",
+                                      coarse_temperature=0.3)(z, patent, subclass, klass)
+    patent_term, _, _ = reference_cumulative(z, patent, subclass, klass, (1.0, 0.0, 0.0), 0.1)
+    coarse_terms, _, _ = reference_cumulative(z, patent, subclass, klass, (0.0, 0.5, 0.25), 0.3)
+    assert got.item() == pytest.approx(patent_term + coarse_terms, rel=1e-7)
+
+
+def test_cumulative_set_gradient_matches_finite_differences():
+    z, patent, subclass, klass = random_batch(n=10, seed=1)
+    z.requires_grad_(True)
+    loss_fn = HierarchicalContrastiveLoss(target="cumulative-set", temperature=0.5, coarse_temperature=0.7)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, patent, subclass, klass), (z,))
+
+
+def test_coarse_temperature_is_refused_where_it_means_nothing():
+    with pytest.raises(ValueError, match="coarse_temperature needs a target"):
+        HierarchicalContrastiveLoss(target="level", coarse_temperature=0.2)
+    with pytest.raises(ValueError, match="coarse_temperature must be"):
+        HierarchicalContrastiveLoss(target="cumulative", coarse_temperature=0.0)

@@ -17,6 +17,7 @@ from typing import Any
 
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "pretrained": None,
+    "default": {},  # TrainConfig() exactly as shipped, whatever its defaults are (issue 28)
     "baseline": {"loss": "baseline"},
     "hierarchical": {"loss": "hierarchical"},
     # the hypotheses of issue 11 (scores default to s = 1 / 0.5 / 0.25)
@@ -55,10 +56,14 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
                                  "frozen_stages": 0, "epochs": 16},
     "cumulative-lr1-192px": {"loss": "hierarchical", "target": "cumulative", "backbone_lr_mult": 1.0,
                              "frozen_stages": 0, "image_size": 192, "epochs": 8},
+    # round 8 (issue 28, study.RULE_8): a hierarchy that keeps rank 1, each one change to the 16-epoch default
+    "cumulative-set": {"loss": "hierarchical", "target": "cumulative-set"},
+    "cumulative-coarse-tau-.2": {"loss": "hierarchical", "target": "cumulative", "coarse_temperature": 0.2},
 }
 COMPARISON = ("pretrained", "baseline", "hierarchical")
 TRAINED = tuple(name for name, overrides in VARIANTS.items() if overrides is not None)
-SWEEP = tuple(name for name in TRAINED if name != "hierarchical")  # "hierarchical" trains what "cumulative" does
+# "hierarchical" trains what "cumulative" does, "default" what TrainConfig() does: neither is a hypothesis of its own
+SWEEP = tuple(name for name in TRAINED if name not in ("hierarchical", "default"))
 # The untouched ImageNet backbone at other input sizes: what a variant trained at that size must beat. The sweep
 # scores them without training ({name: TrainConfig overrides}); "pretrained" is the backbone at the base config.
 UNTOUCHED: dict[str, dict[str, Any]] = {"pretrained": {}, "pretrained-160px": {"image_size": 160},

@@ -33,6 +33,16 @@ Target forms (`target=`), all sharing the prediction q and the numerics above:
   class) and lambda_l = (s_patent, s_subclass, s_class). The patent term is exactly the baseline's loss, so the
   hierarchy is added on top of it rather than taking mass from it. Each term skips the anchors with no positive
   at its level and averages over its own anchors (so the DDP formula above holds per term).
+- "cumulative-set": "cumulative" whose coarse terms (subclass, class) score the positive *set* instead of each
+  positive: term_l(i) = -log sum_{j in P_l(i)} q_ij = logsumexp_{j != i}(l_ij) - logsumexp_{j in P_l(i)}(l_ij), the
+  "summation inside the log" of Khosla et al., "Supervised Contrastive Learning" (NeurIPS 2020, their L_in) and
+  Miech et al.'s MIL-NCE (CVPR 2020). The patent term stays the baseline's (uniform target, L_out). Why: a uniform
+  target over P_l(i) is only met when every same-subclass drawing is as close to the anchor as its own patent's,
+  so the coarse terms of "cumulative" pull other designs up to rank 1; the set form is met as soon as P_l(i)
+  holds the mass, whatever the order inside it, so it separates subclasses and classes from the rest without
+  fighting the patent term over the top of the ranking.
+`coarse_temperature` (cumulative forms only) gives the subclass and class terms a temperature of their own
+(their own logits l / tau_c and normaliser); None keeps `temperature` (a learnable temperature is the patent term's).
 `last_num_anchors` / `last_num_skipped` count anchors with a positive at any scored level.
 """
 
@@ -48,7 +58,8 @@ from hmpcl_lib.modeling import distributed
 # Bounds for a learnable temperature: below 0.01 logits explode (CLIP caps its scale at 100), above 1 the
 # softmax is nearly flat and the loss stops separating anything.
 LEARNABLE_TEMPERATURE_BOUNDS = (0.01, 1.0)
-TARGETS = ("item", "level", "cumulative")
+TARGETS = ("item", "level", "cumulative", "cumulative-set")
+CUMULATIVE_TARGETS = ("cumulative", "cumulative-set")
 
 
 def validate_scores(s_patent: float, s_subclass: float, s_class: float) -> None:
@@ -106,12 +117,19 @@ class HierarchicalContrastiveLoss(nn.Module):
         learn_temperature: bool = False,
         gather_distributed: bool = True,
         target: str = "item",
+        coarse_temperature: float | None = None,
     ) -> None:
         super().__init__()
         validate_scores(s_patent, s_subclass, s_class)
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.target = target
+        if coarse_temperature is not None:
+            if target not in CUMULATIVE_TARGETS:
+                raise ValueError(f"coarse_temperature needs a target of {CUMULATIVE_TARGETS}, got {target!r}")
+            if not (math.isfinite(coarse_temperature) and coarse_temperature > 0):
+                raise ValueError(f"coarse_temperature must be a finite number > 0, got {coarse_temperature!r}")
+        self.coarse_temperature = None if coarse_temperature is None else float(coarse_temperature)
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         low, high = LEARNABLE_TEMPERATURE_BOUNDS
@@ -168,20 +186,29 @@ class HierarchicalContrastiveLoss(nn.Module):
     def _target_terms(self, anchors: torch.Tensor, candidates: torch.Tensor, is_self: torch.Tensor,
                       dtype: torch.dtype) -> list[tuple[float, torch.Tensor]]:
         """(lambda, [n, N] non-negative target weights with a zero self column) per term of the loss."""
+        return [(weight, weights) for weight, weights, _, _ in self._terms(anchors, candidates, is_self, dtype)]
+
+    def _terms(self, anchors: torch.Tensor, candidates: torch.Tensor, is_self: torch.Tensor,
+               dtype: torch.dtype) -> list[tuple[float, torch.Tensor, bool, bool]]:
+        """(lambda, target weights, set form, coarse) per term: a set-form term scores -log of the mass on its
+        positives (`weights` > 0), a coarse one uses `coarse_temperature`."""
         if self.target == "item":
-            return [(1.0, self._weights_between(anchors, candidates).to(dtype).masked_fill_(is_self, 0.0))]
+            return [(1.0, self._weights_between(anchors, candidates).to(dtype).masked_fill_(is_self, 0.0), False,
+                     False)]
         same_patent, same_subclass, same_class = (m & ~is_self for m in self._level_masks(anchors, candidates))
         scores = (self.s_patent, self.s_subclass, self.s_class)
-        if self.target == "cumulative":
+        if self.target in CUMULATIVE_TARGETS:
             nested = (same_patent, same_patent | same_subclass, same_patent | same_subclass | same_class)
-            return [(s, mask.to(dtype)) for s, mask in zip(scores, nested) if s > 0]
+            set_form = self.target == "cumulative-set"
+            return [(s, mask.to(dtype), set_form and level > 0, level > 0)
+                    for level, (s, mask) in enumerate(zip(scores, nested)) if s > 0]
         exact = (same_patent, same_subclass & ~same_patent, same_class & ~same_subclass & ~same_patent)
         weights = torch.zeros(is_self.shape, dtype=dtype, device=is_self.device)
         for s, mask in zip(scores, exact):
             if s > 0:
                 m = mask.to(dtype)
                 weights = weights + s * m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return [(1.0, weights)]
+        return [(1.0, weights, False, False)]
 
     def relation_weights(self, patent: torch.Tensor, subclass: torch.Tensor, klass: torch.Tensor) -> torch.Tensor:
         """The [N, N] float32 matrix W of relation weights, with a zero diagonal (no self-pairs)."""
@@ -211,18 +238,27 @@ class HierarchicalContrastiveLoss(nn.Module):
         # float32 for bf16/fp16/fp32 inputs, float64 kept (gradcheck, references)
         compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=z.device.type, enabled=False):
-            temperature = self.temperature_tensor().to(compute_dtype)
-            logits = (z.to(compute_dtype) @ candidates.to(compute_dtype).T) / temperature
+            similarity = z.to(compute_dtype) @ candidates.to(compute_dtype).T
             columns = torch.arange(candidates.shape[0], device=z.device)
             is_self = columns[None, :] == (torch.arange(rows, device=z.device) + offset)[:, None]
-            log_normaliser = torch.logsumexp(logits.masked_fill(is_self, torch.finfo(logits.dtype).min), dim=1)
-            terms = self._target_terms(labels, candidate_labels, is_self, compute_dtype)
+            lowest = torch.finfo(compute_dtype).min
+            temperature = self.temperature_tensor().to(compute_dtype)
+            scaled = {False: similarity / temperature}  # logits per temperature: the patent one, the coarse one
+            if self.coarse_temperature is not None:
+                scaled[True] = similarity / self.coarse_temperature
+            normaliser = {k: torch.logsumexp(v.masked_fill(is_self, lowest), dim=1) for k, v in scaled.items()}
+            terms = self._terms(labels, candidate_labels, is_self, compute_dtype)
             totals, counts = [], []
             has_any = torch.zeros(rows, dtype=torch.bool, device=z.device)
-            for _, weights in terms:
+            for _, weights, set_form, coarse in terms:
+                key = coarse and self.coarse_temperature is not None
+                logits, log_normaliser = scaled[key], normaliser[key]
                 row_sum = weights.sum(dim=1)
                 has_positive = row_sum > 0
-                target_logit = (weights * logits).sum(dim=1) / row_sum.clamp_min(torch.finfo(logits.dtype).tiny)
+                if set_form:  # log of the softmax mass on the positive set
+                    target_logit = torch.logsumexp(logits.masked_fill(weights <= 0, lowest), dim=1)
+                else:
+                    target_logit = (weights * logits).sum(dim=1) / row_sum.clamp_min(torch.finfo(logits.dtype).tiny)
                 totals.append(torch.where(has_positive, log_normaliser - target_logit, torch.zeros_like(row_sum)).sum())
                 counts.append(has_positive.sum())
                 has_any |= has_positive
@@ -233,7 +269,7 @@ class HierarchicalContrastiveLoss(nn.Module):
             torch.distributed.all_reduce(counts)
         self._last_counts = torch.stack([counts[-2], counts[-1] - counts[-2]]).detach()
         loss = totals[0].new_zeros(())
-        for (weight, _), total, count in zip(terms, totals, counts):
+        for (weight, *_), total, count in zip(terms, totals, counts):
             loss = loss + weight * total * world / count.clamp_min(1).to(total.dtype)
         return loss
 
@@ -241,7 +277,8 @@ class HierarchicalContrastiveLoss(nn.Module):
         return (
             f"s_patent={self.s_patent}, s_subclass={self.s_subclass}, s_class={self.s_class}, "
             f"temperature={self.temperature:.4g}, learn_temperature={self.learn_temperature}, "
-            f"gather_distributed={self.gather_distributed}, target={self.target!r}"
+            f"gather_distributed={self.gather_distributed}, target={self.target!r}, "
+            f"coarse_temperature={self.coarse_temperature}"
         )
 
 

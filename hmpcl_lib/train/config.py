@@ -29,6 +29,8 @@ class TrainConfig:
     s_subclass: float = 0.5
     s_class: float = 0.25
     temperature: float = 0.07
+    # the subclass and class terms' own temperature (cumulative targets only; losses.py); None: `temperature`
+    coarse_temperature: float | None = None
     learn_temperature: bool = False
     batch_size: int = 64  # global batch: each of the DDP ranks draws batch_size / world_size
     drawings_per_patent: int = 2
@@ -85,6 +87,12 @@ class TrainConfig:
         except ValueError as e:
             raise ValueError(f"TrainConfig: {e}") from None
         need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        if self.coarse_temperature is not None:
+            from hmpcl_lib.modeling.losses import CUMULATIVE_TARGETS
+
+            need(self.coarse_temperature > 0, f"coarse_temperature must be > 0, got {self.coarse_temperature}")
+            need(self.loss == "hierarchical" and self.target in CUMULATIVE_TARGETS,
+                 f"coarse_temperature needs the hierarchical loss with a target of {CUMULATIVE_TARGETS}")
         need(self.embed_dim is None or self.embed_dim > 0, f"embed_dim must be > 0 or None, got {self.embed_dim}")
         for name in ("batch_size", "drawings_per_patent", "patents_per_subclass", "subclasses_per_class",
                      "epochs", "image_size", "log_every"):
@@ -113,7 +121,8 @@ class TrainConfig:
 # What a field added after the first release meant before it existed: the value a checkpoint or saved sweep run
 # written without it trained with. Not today's default, which may have changed since the field was added (target).
 BEFORE_IT_EXISTED: dict[str, Any] = {"target": "item", "pixel_store": "", "l2sp": 0.0, "frozen_stages": 0,
-                                     "wise_alpha": 1.0, "ema_decay": 0.0}
+                                     "wise_alpha": 1.0, "ema_decay": 0.0,
+                                     "coarse_temperature": None}
 
 
 def saved_config_values(saved: dict[str, Any]) -> dict[str, Any]:

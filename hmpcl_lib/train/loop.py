@@ -71,7 +71,7 @@ def build_loss(config: TrainConfig) -> nn.Module:
         return baseline_loss(**common)
     return HierarchicalContrastiveLoss(
         s_patent=config.s_patent, s_subclass=config.s_subclass, s_class=config.s_class, target=config.target,
-        **common
+        coarse_temperature=config.coarse_temperature, **common
     )
 
 
