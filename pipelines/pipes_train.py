@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from hmpcl_lib import tracking
-from hmpcl_lib.experiments.runs import TrainedModel, train_fingerprint, train_rows, train_tracked
+from hmpcl_lib.experiments.runs import TrainedModel, train_fingerprint, train_rows, train_tracked, val_rows
 from hmpcl_lib.train.config import TrainConfig
 
 REQUIRED_EXTRAS = ("train_config", "hierarchy_path", "splits_path", "out_dir", "tracking")
@@ -100,8 +100,8 @@ def run_follower(extras: Mapping[str, Any]) -> None:
     fp = train_fingerprint(config, extras["hierarchy_path"], extras["splits_path"])
     if extras.get("reuse", True) and _finished_run_exists(tracking_cfg, fp):
         return  # rank 0 reuses the finished run too: nobody trains
-    rows = train_rows(pl.read_parquet(extras["hierarchy_path"]), pl.read_parquet(extras["splits_path"]))
-    train(config, rows, Path(extras["out_dir"]) / fp)
+    hierarchy, splits = pl.read_parquet(extras["hierarchy_path"]), pl.read_parquet(extras["splits_path"])
+    train(config, train_rows(hierarchy, splits), Path(extras["out_dir"]) / fp, validation=val_rows(hierarchy, splits))
 
 
 def _finished_run_exists(cfg: tracking.TrackingConfig, fp: str) -> bool:

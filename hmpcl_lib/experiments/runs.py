@@ -43,6 +43,14 @@ def train_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
     return split_rows(hierarchy, splits, "train")
 
 
+def val_rows(hierarchy: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
+    """The validation split of the hierarchy table (scored every epoch, `hmpcl_lib.train.validation`); empty when the
+    splits have none (training then runs without validation)."""
+    if not (splits["split"] == "val").any():
+        return hierarchy.clear()
+    return split_rows(hierarchy, splits, "val")
+
+
 def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Path) -> str:
     """The identity of a training run: its config and the exact input tables. Every process that decides whether to
     train (the Pipes script on every DDP rank, `train_tracked`) computes it here, so they cannot disagree. Of
@@ -86,7 +94,9 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
             if on_metrics is not None:
                 on_metrics(step, metrics)
 
-        result = train(config, rows, out_dir, on_metrics=log_step)
+        result = train(config, rows, out_dir, on_metrics=log_step, validation=val_rows(hierarchy, splits))
+        if result.exported_epoch is not None:
+            mlflow.log_param("exported_epoch", result.exported_epoch)
         final_loss = next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)
         if final_loss is not None:
             mlflow.log_metric("final_loss", final_loss)

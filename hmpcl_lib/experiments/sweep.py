@@ -49,6 +49,21 @@ def model_path(out_dir: str | Path, variant: str, seed: int) -> Path:
     return Path(out_dir) / variant / f"seed={seed}.safetensors"
 
 
+def curves_path(out_dir: str | Path, variant: str, seed: int) -> Path:
+    """The epoch curves of a trained (variant, seed): loss and validation metrics per epoch, and the exported epoch."""
+    return Path(out_dir) / variant / f"curves-seed={seed}.parquet"
+
+
+def _save_curves(history: list[dict[str, Any]], exported_epoch: int | None, path: Path) -> None:
+    epochs = [h for h in history if "epoch_loss" in h]
+    if not epochs:
+        return
+    frame = pl.DataFrame(epochs, infer_schema_length=None).with_columns(
+        exported=pl.col("epoch") == (exported_epoch if exported_epoch is not None else -1))
+    with atomic_path(path) as tmp_path:
+        frame.write_parquet(tmp_path)
+
+
 def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.DataFrame, splits: pl.DataFrame,
             base, out_dir: str | Path, data_root: str | Path | None = None, trained: bool = True) -> pl.DataFrame:
     """Train and evaluate one (variant, seed); per-query metrics for every protocol x features, saved atomically.
@@ -59,7 +74,7 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
     without, they decode the PNGs. `trained=False` scores the untouched backbone at the config (no training: its
     pooled features, recorded as "head", the only view it has).
     """
-    from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows
+    from hmpcl_lib.experiments.runs import evaluate_protocols, train_rows, val_rows
     from hmpcl_lib.modeling.models import build_encoder, load_encoder, save_encoder_safetensors, wise
     from hmpcl_lib.train.loop import initial_encoder, train
 
@@ -93,11 +108,13 @@ def run_one(variant: str, overrides: dict[str, Any], seed: int, hierarchy: pl.Da
         save_encoder_safetensors(model, saved_model)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = train(config, train_rows(hierarchy, splits), tmp, resume=False)
+            result = train(config, train_rows(hierarchy, splits), tmp, resume=False,
+                           validation=val_rows(hierarchy, splits))
         model = result.model
         final_loss = next((h["epoch_loss"] for h in reversed(result.history) if "epoch_loss" in h), None)
         saved_model.parent.mkdir(parents=True, exist_ok=True)
         save_encoder_safetensors(model, saved_model)
+        _save_curves(result.history, result.exported_epoch, curves_path(out_dir, variant, seed))
     frames = [] if saved is None else [saved]
     for features in missing:
         for protocol, bench in evaluate_protocols(model, hierarchy, splits, config.image_size,
@@ -123,7 +140,8 @@ def run_key(config, trained: bool = True) -> str:
     import json
 
     fields = dataclasses.asdict(config)
-    keep = UNTOUCHED_FIELDS if not trained else [k for k in fields if k not in RUN_FREE_FIELDS]
+    free = RUN_FREE_FIELDS - ({"val_drawings"} if fields.get("export_weights", "last") != "last" else set())
+    keep = UNTOUCHED_FIELDS if not trained else [k for k in fields if k not in free]
     return json.dumps({k: fields[k] for k in keep}, sort_keys=True)
 
 

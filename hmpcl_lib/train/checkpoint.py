@@ -23,8 +23,10 @@ from hmpcl_lib.train.config import TrainConfig, saved_config_values
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "hmpcl-train-v1"
-# Fields that do not change the maths, so a resumed run may use other values.
-RESUME_FREE_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every_steps", "device"})
+# Fields that do not change the maths, so a resumed run may use other values. Validation never changes what a run
+# learns (tested bit for bit); under export_weights "best-val" a resume with another val_drawings compares the epochs
+# before and after it on two validation sets.
+RESUME_FREE_FIELDS = frozenset({"num_workers", "log_every", "checkpoint_every_steps", "device", "val_drawings"})
 
 
 def _resume_key(name: str, value: Any) -> Any:

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     table = _load_training_table(args.table, args.splits, args.split)
-    result = train(config, table, args.out, resume=not args.no_resume)
+    # with a splits table, its validation split is scored every epoch (TrainConfig.val_drawings, export_weights)
+    validation = _load_training_table(args.table, args.splits, "val") if args.splits and args.split != "val" else None
+    result = train(config, table, args.out, resume=not args.no_resume, validation=validation)
     if D.rank() == 0:
         last = next((h for h in reversed(result.history) if "epoch_loss" in h), {})
         print(json.dumps({"checkpoint": str(result.checkpoint_path), "steps": result.history[-1]["step"] if result.history else 0,

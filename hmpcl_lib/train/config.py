@@ -54,6 +54,12 @@ class TrainConfig:
     # > 0: the exported encoder is an exponential moving average of the weights (timm's ModelEmaV3 with its warmup:
     # decay min(ema_decay, 1 - t^(-2/3)) after t optimizer steps, so short runs average over their later steps)
     ema_decay: float = 0.0
+    # validation (hmpcl_lib.train.validation): leave-one-out retrieval metrics on up to this many drawings of the
+    # validation split at every epoch end, logged as curves (0: none)
+    val_drawings: int = 2000
+    # what the run exports: "last" (the last epoch's weights) | "best-val" (the epoch with the best validation R@1 +
+    # patent mAP, validation.best_epoch)
+    export_weights: str = "last"
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # None: 5 % of all steps (at least 1)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak lr
@@ -107,6 +113,10 @@ class TrainConfig:
         need(self.frozen_stages >= 0, f"frozen_stages must be >= 0, got {self.frozen_stages}")
         need(0 <= self.wise_alpha <= 1, f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.val_drawings >= 0, f"val_drawings must be >= 0, got {self.val_drawings}")
+        need(self.export_weights in ("last", "best-val"),
+             f"export_weights must be 'last' or 'best-val', got {self.export_weights!r}")
+        need(self.export_weights == "last" or self.val_drawings > 0, "export_weights 'best-val' needs val_drawings > 0")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}")
@@ -122,7 +132,7 @@ class TrainConfig:
 # written without it trained with. Not today's default, which may have changed since the field was added (target).
 BEFORE_IT_EXISTED: dict[str, Any] = {"target": "item", "pixel_store": "", "l2sp": 0.0, "frozen_stages": 0,
                                      "wise_alpha": 1.0, "ema_decay": 0.0,
-                                     "coarse_temperature": None}
+                                     "coarse_temperature": None, "val_drawings": 0, "export_weights": "last"}
 
 
 def saved_config_values(saved: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ A rerun with `resume=True` continues exactly where it stopped: augmentation is s
 Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP, each rank draws its part of every hierarchical
 batch, the loss gathers embeddings across ranks, and only rank 0 writes checkpoints, logs and calls on_metrics.
 With `ema_decay` > 0 the run exports an exponential moving average of the weights (timm's `ModelEmaV3`, kept
-in the checkpoint). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the
+in the checkpoint). Given a `validation` table, every epoch ends with retrieval metrics on it (`val_*` in the history
+and to `on_metrics`, so MLflow draws them as curves), and `export_weights="best-val"` exports the best epoch's
+weights (`hmpcl_lib.train.validation`). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the
 CLI `hmpcl_lib.train.cli`.
 """
 
@@ -36,6 +38,7 @@ from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.modeling.models import Encoder, build_encoder, build_transform, freeze_stages, wise
 from hmpcl_lib.modeling.pixels import PixelTrainDataset
 from hmpcl_lib.train.checkpoint import TrainState, _Checkpointer, _export_encoder, _restore, _save_everywhere
+from hmpcl_lib.train import validation as V
 from hmpcl_lib.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class TrainResult:
     checkpoint_path: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     config: TrainConfig | None = None
+    exported_epoch: int | None = None  # the epoch whose weights `model` holds (0-based)
 
 
 def build_loss(config: TrainConfig) -> nn.Module:
@@ -91,22 +95,34 @@ def train(
     out_dir: str | os.PathLike,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     resume: bool = True,
+    validation: Any = None,
 ) -> TrainResult:
-    """Train an encoder on `table` (image_path + class/subclass/patent labels); see the module doc."""
+    """Train an encoder on `table` (image_path + class/subclass/patent labels); `validation` (the same columns plus
+    drawing_id, patent_id, subclass_code, class_code: the validation split) is scored every epoch; see the module doc."""
     out_dir = Path(out_dir)
     started_dist = _init_distributed()
     try:
-        run = _setup(config, table, out_dir / "checkpoints" / "last.pt", resume)
+        run = _setup(config, table, out_dir / "checkpoints" / "last.pt", resume, validation)
         for epoch in range(run.state.epoch, config.epochs):
             _run_epoch(run, epoch, on_metrics)
         run.progress.close()
-        final = run.ema.module if run.ema is not None else run.encoder  # what the run exports
+        final = _exported(run)
         final.eval()
+        exported_epoch = config.epochs - 1
+        if config.export_weights == "best-val" and run.is_main:
+            best = V.best_epoch(run.state.history)
+            if best is None:
+                log.warning("export_weights 'best-val' without validation metrics: exporting the last epoch")
+            elif best != exported_epoch:
+                V.load_best(final, run.ckpt_path.parent)
+                exported_epoch = best
+            log.info("exporting the weights of epoch %d of %d", exported_epoch, config.epochs)
         if config.wise_alpha != 1.0:
             wise(final, initial_encoder(config), config.wise_alpha)
         if run.is_main:
             _export_encoder(out_dir / "encoder.pt", final, config)
-        return TrainResult(model=final, checkpoint_path=run.ckpt_path, history=run.state.history, config=config)
+        return TrainResult(model=final, checkpoint_path=run.ckpt_path, history=run.state.history, config=config,
+                           exported_epoch=exported_epoch)
     finally:
         if started_dist and D.is_dist():
             torch.distributed.destroy_process_group()
@@ -135,10 +151,11 @@ class _Run:
     frozen: list = field(default_factory=list)  # modules of the backbone that do not train (eval mode too)
     anchor: list = field(default_factory=list)  # L2-SP: (trainable backbone parameter, its initial value)
     ema: Any = None  # timm ModelEmaV3 of the encoder when config.ema_decay > 0 (what the run exports)
+    val_rows: Any = None  # the validation drawings scored each epoch (validation.validation_rows), rank 0 only
     window: list = field(default_factory=lambda: [time.perf_counter(), 0])  # start, images since (images/s)
 
 
-def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _Run:
+def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool, validation: Any = None) -> _Run:
     """Seed, build model, loss, optimizer, sampler and schedule (in this order: it fixes the random streams), restore
     the checkpoint when resuming, and build the data loader."""
     from hmpcl_lib.modeling.samplers import HierarchicalBatchSampler
@@ -194,10 +211,19 @@ def _setup(config: TrainConfig, table: Any, ckpt_path: Path, resume: bool) -> _R
     loader = _build_loader(dataset, epoch_batches, config, device, world)
 
     is_main = rank == 0
+    val_rows = None
+    if validation is not None and config.val_drawings and is_main:
+        val_rows = V.validation_rows(_as_polars(validation), config.val_drawings)
+        if val_rows.height < 2:
+            log.warning("validation: no patent with two drawings in the validation table; no validation metrics")
+            val_rows = None
+        else:
+            log.info("validation: %d drawings of %d patents every epoch", val_rows.height,
+                     val_rows["patent_id"].n_unique())
     save = _Checkpointer(ckpt_path, config, fingerprint, encoder, criterion, optimizer, scheduler, ema) if is_main else None
     return _Run(config, device, world, is_main, encoder, model, criterion, optimizer, scheduler, dataset, loader,
                 epoch_batches, steps_per_epoch, ckpt_path, save, _progress(total_steps, state.step, is_main), state,
-                frozen, anchor, ema)
+                frozen, anchor, ema, val_rows)
 
 
 def _start_encoder(config: TrainConfig) -> Encoder:
@@ -241,13 +267,36 @@ def _run_epoch(run: _Run, epoch: int, on_metrics: Callable[[int, dict[str, float
             if on_metrics:
                 on_metrics(state.step, metrics)
     epoch_loss = state.epoch_loss_sum / max(state.epoch_loss_count, 1)
-    state.history.append({"step": state.step, "epoch": epoch, "epoch_loss": epoch_loss})
+    val = _validate(run) if run.val_rows is not None else {}
+    state.history.append({"step": state.step, "epoch": epoch, "epoch_loss": epoch_loss, **val})
     if run.is_main:
-        log.info("epoch %d done: mean loss %.4f", epoch, epoch_loss)
+        log.info("epoch %d done: mean loss %.4f%s", epoch, epoch_loss,
+                 "".join(f", {k} {v:.4f}" for k, v in val.items()))
+    if val and config.export_weights == "best-val" and V.best_epoch(state.history) == epoch:
+        V.save_best(_exported(run), run.ckpt_path.parent)  # before the checkpoint that names it the best
     state.batches_done = 0
     _save_everywhere(run.save, state, epoch + 1, 0)  # durable first, then report
     if run.is_main and on_metrics:
-        on_metrics(state.step, {"epoch_loss": epoch_loss, "epoch": float(epoch)})
+        on_metrics(state.step, {"epoch_loss": epoch_loss, "epoch": float(epoch), **val})
+
+
+def _exported(run: _Run) -> nn.Module:
+    """What the run exports (and validates): the moving average of the weights with `ema_decay`, else the encoder."""
+    return run.ema.module if run.ema is not None else run.encoder
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """The epoch's validation metrics ({"val_<metric>": value}), leaving every random stream as it was: a run with
+    validation trains exactly as one without."""
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            metrics = V.validate(_exported(run), run.val_rows, run.config.image_size, run.config.pixel_store,
+                                 run.device)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+    return {f"val_{k}": v for k, v in metrics.items()}
 
 
 def _train_step(run: _Run, batch) -> tuple[float, float, int]:
@@ -436,8 +485,7 @@ def _progress(total: int, done: int, is_main: bool):
 # ---------------------------------------------------------------- data, devices, determinism
 
 
-def _table_columns(table: Any) -> tuple[list[str], dict[str, np.ndarray]]:
-    """image paths + int64 label arrays from a pyarrow Table or polars DataFrame, with clear errors."""
+def _as_polars(table: Any):
     import polars as pl
     import pyarrow as pa
 
@@ -445,6 +493,14 @@ def _table_columns(table: Any) -> tuple[list[str], dict[str, np.ndarray]]:
         table = pl.from_arrow(table)
     if not isinstance(table, pl.DataFrame):
         raise TypeError(f"table must be a pyarrow Table or polars DataFrame, got {type(table).__name__}")
+    return table
+
+
+def _table_columns(table: Any) -> tuple[list[str], dict[str, np.ndarray]]:
+    """image paths + int64 label arrays from a pyarrow Table or polars DataFrame, with clear errors."""
+    import polars as pl
+
+    table = _as_polars(table)
     missing = [c for c in ("image_path", *LABEL_COLUMNS) if c not in table.columns]
     if missing:
         raise ValueError(f"training table lacks columns {missing} (has {table.columns})")

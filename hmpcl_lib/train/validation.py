@@ -32,15 +32,23 @@ SELECTION_METRICS = ("patent_recall_at_1", "patent_map")  # selection_score: the
 EXPORTS = ("last", "best-val")
 BEST_FILE = "best.safetensors"
 LABEL_COLUMNS = ("drawing_id", "patent_id", "subclass_code", "class_code")
+LABEL_SOURCES = {"patent_id": "patent_label", "subclass_code": "subclass_label", "class_code": "class_label"}
 
 
 def validation_rows(table: pl.DataFrame, max_drawings: int) -> pl.DataFrame:
-    """The drawings of `table` (the validation split) to score each epoch: whole patents in the order of a hash of
-    their id, up to `max_drawings` (all of them when fewer), sorted by drawing id. Patents with one drawing are left
-    out (no same-patent answer to find)."""
-    missing = [c for c in ("image_path", *LABEL_COLUMNS) if c not in table.columns]
+    """The drawings of `table` (the validation split: image_path and the training labels) to score each epoch, with
+    the metric code's columns made from the labels (a subclass label < 0 is unknown): whole patents in the order of a
+    hash of their label, up to `max_drawings` (all of them when fewer), sorted by path. Patents with one drawing are
+    left out (no same-patent answer to find)."""
+    missing = [c for c in ("image_path", *LABEL_SOURCES.values()) if c not in table.columns]
     if missing:
         raise ValueError(f"validation table lacks columns {missing} (has {table.columns})")
+    table = table.select(
+        pl.col("image_path").cast(pl.String),
+        pl.col("image_path").cast(pl.String).alias("drawing_id"),
+        *[pl.col(source).cast(pl.Int64).cast(pl.String).alias(name) for name, source in LABEL_SOURCES.items()],
+    ).with_columns(pl.when(pl.col("subclass_code").str.starts_with("-")).then(None)
+                   .otherwise(pl.col("subclass_code")).alias("subclass_code"))
     sizes = table.group_by("patent_id").len().filter(pl.col("len") >= 2)
     order = sorted(sizes.iter_rows(), key=lambda r: hashlib.sha256(str(r[0]).encode()).hexdigest())
     keep, total = [], 0
@@ -55,14 +63,13 @@ def validation_rows(table: pl.DataFrame, max_drawings: int) -> pl.DataFrame:
 @torch.no_grad()
 def validate(model: torch.nn.Module, rows: pl.DataFrame, image_size: int, pixel_store: str = "",
              device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
-    """Leave-one-out retrieval metrics of `model` on `rows` ({metric: mean over the queries}, `VAL_METRICS`).
-    The model is put in eval mode and left there (the training loop sets its own mode each epoch)."""
+    """Leave-one-out retrieval metrics of `model` on `rows` ({metric: mean over the queries}, `VAL_METRICS`),
+    embedded in eval mode (`embed_paths` restores the model's mode afterwards)."""
     from hmpcl_lib.retrieval.embedding import embed_paths
     from hmpcl_lib.retrieval.metrics import QueryLabels
 
     if rows.height < 2:
         return {}
-    model.eval()
     vectors = embed_paths(model, rows["image_path"].to_list(), image_size=image_size, batch_size=batch_size,
                           device=device, num_workers=0, pixel_store=pixel_store or None)
     v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
