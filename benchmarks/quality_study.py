@@ -22,6 +22,13 @@
     done
     .venv/bin/python benchmarks/quality_study.py --round 7 data-sample1/sweeps/study data-sample2/sweeps/study
 
+    # round 8 (study.RULE_8, issue 28): the hierarchy on top of rank 1, judged per sample against the baseline
+    .venv/bin/python scripts/sample_data.py --sample-seed 3 --root data-sample3      # the choice sample
+    for seed in 0 1 2; do .venv/bin/hmpcl sweep --data-root data-sample3 --no-mlflow --seeds $seed --name study8 \
+      --variant pretrained --variant baseline --variant cumulative-set --variant cumulative-coarse-tau-.2 \
+      --variant cumulative; done
+    .venv/bin/python benchmarks/quality_study.py --round 8 data-sample3/sweeps/study8
+
 Prints the round's rule (`hmpcl_lib.experiments.study.RULE`, `RULE_2`), the per-sample means of every run (mean ± sd over training seeds), the
 candidates' paired differences with 95 % intervals on the pooled queries, and what the rule ships. A partial study
 (not every seed run yet) is reported as it stands, with the seeds each row used.
@@ -143,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         if cand[0] in study.BASELINE_OF:
             pairs.append((cand, (study.BASELINE_OF[cand[0]], "head")))
         print(f"\n## Every pair on this sample (95 % intervals)\n\n{study.pairs_table(frame, pairs)}")
+        return 0
+    if args.round == 8:  # issue 28's bar, one sample at a time, against the baseline at the same settings
+        verdicts = {sample: [study.bar(frame.filter(pl.col("sample") == sample), c) for c in candidates]
+                    for sample in sorted(frame["sample"].unique())}
+        print("\n## Each candidate minus the baseline, per sample (95 % intervals; R@1 per training seed)\n")
+        print(study.bar_table(verdicts))
+        untouched = [(c, ("pretrained", "head")) for c in (study.BASELINE, *candidates)]
+        print(f"\n## Against the untouched backbone\n\n{study.pairs_table(frame, untouched)}")
         return 0
     if args.round == 7:  # one change each to the new default, judged against its runs (C1-C3)
         print(f"\n## Candidates minus {'/'.join(study.NEW_DEFAULT)} on the pooled queries (95 % intervals)\n")

@@ -61,6 +61,11 @@ def test_materialization_metadata_comes_back_through_pipes(env):
     assert meta["launcher"].value == "subprocess"
     assert meta["mlflow_run"].value.endswith(model.run_id)
     assert len(meta["epoch_losses"].value) == TINY_TRAINING["epochs"]  # custom messages, one per epoch end
+    # validation every epoch: its curves in the asset's metadata and in the MLflow run, the last values as numbers
+    curves = meta["validation_curves"].value
+    assert [c["epoch"] for c in curves] == [0.0, 1.0] and 0.0 <= meta["val_patent_recall_at_1"].value <= 1.0
+    history = mlflow.MlflowClient().get_metric_history(model.run_id, "val_patent_map")
+    assert [round(m.value, 6) for m in history] == [round(c["val_patent_map"], 6) for c in curves]
     expected = dataclasses.asdict(TrainConfig(**{**TINY_TRAINING}))
     assert model.params == expected  # downstream assets rebuild TrainConfig from these (PNG training by default)
 

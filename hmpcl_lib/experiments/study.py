@@ -161,7 +161,7 @@ UNTOUCHED_OF = {"cumulative-160px": "pretrained-160px", "cumulative-192px": "pre
 ROUNDS = {1: (RULE, CANDIDATES), 2: (RULE_2, CANDIDATES_2), 3: (RULE_3, CANDIDATES_3), 4: (RULE_4, CANDIDATES_4),
           5: (RULE_5, (("cumulative-frozen-4", "head"),)),  # 5, 6: confirmations on the default sample (`confirm`)
           6: (RULE_6, (("cumulative-backbone-lr-1", "head"),)),
-          7: (RULE_7, CANDIDATES_7)}  # round: (rule text, its candidates)
+          7: (RULE_7, CANDIDATES_7), 8: (RULE_8, CANDIDATES_8)}  # round: (rule text, its candidates)
 METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
 
 
@@ -323,4 +323,62 @@ def report(verdicts: list[Verdict]) -> str:
         failed = " ".join(k for k, ok in v.checks.items() if not ok)
         cells = " | ".join(interval(v.numbers[k]) for k in ("r1_loo", "r1_headline", "class", "subclass", "patent"))
         lines.append(f"| {v.candidate[0]} | {v.candidate[1]} | {seeds} | {cells} | {passed} | {failed} |")
+    return "\n".join(lines)
+
+
+PROTOCOLS = ("leave_one_out", "deeppatent")
+
+
+def per_seed(frame: pl.DataFrame, key: tuple[str, str], protocol: str, metric: str = "patent_recall_at_1") -> list[float]:
+    """The metric's mean over the queries of each training seed of a (variant, features), in seed order."""
+    runs = frame.filter((pl.col("protocol") == protocol) & (pl.col("variant") == key[0]) & (pl.col("features") == key[1]))
+    return runs.group_by("seed").agg(pl.col(metric).mean()).sort("seed")[metric].to_list()
+
+
+def bar(frame: pl.DataFrame, candidate: tuple[str, str], reference: tuple[str, str] = BASELINE,
+        untouched: tuple[str, str] = ("pretrained", "head")) -> Verdict:
+    """RULE_8's bar (issue 28) on the runs of one sample: B1-B5, each under both protocols where the rule says so."""
+    if frame["sample"].n_unique() > 1:
+        raise ValueError("bar() judges one sample at a time; filter the frame by its sample first")
+    numbers, checks = {}, {}
+    for protocol in PROTOCOLS:
+        d = compare(frame, candidate, reference, protocol)
+        if not d:
+            return Verdict(candidate, {"complete": False}, {})
+        ours, base = per_seed(frame, candidate, protocol), per_seed(frame, reference, protocol)
+        floor = per_seed(frame, untouched, protocol)
+        numbers[protocol] = {**d, "r1_seeds": ours, "r1_seeds_reference": base}
+        sd = pl.Series(ours).std() if len(ours) > 1 else None
+        sd_ref = pl.Series(base).std() if len(base) > 1 else None
+        tag = "LOO" if protocol == "leave_one_out" else "headline"
+        checks[f"B1 {tag}"] = d["patent_recall_at_1"]["low"] > -0.01
+        checks[f"B2 {tag}"] = sd is not None and sd_ref is not None and sd <= sd_ref
+        checks[f"B3 {tag}"] = bool(floor) and all(r > floor[0] for r in ours)
+        checks[f"B4 {tag}"] = d["patent_map"]["low"] > -0.01
+    loo = numbers["leave_one_out"]
+    checks["B5"] = loo["subclass_map_at_100"]["diff"] >= 0.03 and loo["class_map_at_100"]["diff"] >= 0.10
+    return Verdict(candidate, checks, numbers)
+
+
+def bar_table(verdicts: dict[str, list[Verdict]]) -> str:
+    """Markdown: per sample and candidate, each protocol's differences to the baseline (95 % intervals), R@1 per
+    seed (candidate / baseline) and the checks of RULE_8 it passed and failed."""
+    lines = ["| sample | variant | protocol | R@1 | patent mAP | subclass mAP@100 | class mAP@100 | R@1 per seed "
+             "(baseline) | passed | failed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for sample, vs in verdicts.items():
+        for v in vs:
+            if not v.numbers:
+                lines.append(f"| {sample} | {v.candidate[0]} | – | not run yet | | | | | | |")
+                continue
+            for protocol in PROTOCOLS:
+                n = v.numbers[protocol]
+                seeds = " / ".join(f"{x:.3f}" for x in n["r1_seeds"])
+                ref = " / ".join(f"{x:.3f}" for x in n["r1_seeds_reference"])
+                cells = " | ".join(interval(n[m]) for m in ("patent_recall_at_1", "patent_map", "subclass_map_at_100",
+                                                            "class_map_at_100"))
+                first = protocol == PROTOCOLS[0]
+                passed = " ".join(k for k, ok in v.checks.items() if ok) if first else ""
+                failed = " ".join(k for k, ok in v.checks.items() if not ok) if first else ""
+                lines.append(f"| {sample} | {v.candidate[0]} | {protocol} | {cells} | {seeds} ({ref}) | {passed} "
+                             f"| {failed} |")
     return "\n".join(lines)

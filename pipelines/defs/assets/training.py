@@ -50,14 +50,18 @@ def train_through_launcher(context: dg.AssetExecutionContext, train_config: Trai
     invocation = training_launcher.launch(context, extras)
     reported = invocation.get_materialize_result()
     model = trained_model_from_metadata(reported.metadata or {})
-    epoch_losses = [m["epoch_loss"] for m in invocation.get_custom_messages()
-                    if isinstance(m, dict) and "epoch_loss" in m]
+    epochs = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "epoch_loss" in m]
+    # the validation curves (hmpcl_lib.train.validation), one row per epoch; the last epoch's values as numbers
+    curves = [{k: v for k, v in m.items() if k == "epoch" or k.startswith("val_")} for m in epochs
+              if any(k.startswith("val_") for k in m)]
     meta = {
         **(reported.metadata or {}),
         "mlflow_run": dg.MetadataValue.url(run_url(tracking_cfg, model.run_id)),
         "launcher": training_launcher.kind,
         "processes": training_launcher.nproc_per_node,
-        "epoch_losses": dg.MetadataValue.json(epoch_losses) if epoch_losses else None,
+        "epoch_losses": dg.MetadataValue.json([m["epoch_loss"] for m in epochs]) if epochs else None,
+        "validation_curves": dg.MetadataValue.json(curves) if curves else None,
+        **({k: dg.MetadataValue.float(v) for k, v in curves[-1].items() if k != "epoch"} if curves else {}),
     }
     return model, {k: v for k, v in meta.items() if v is not None}
 
