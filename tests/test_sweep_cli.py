@@ -15,7 +15,8 @@ from hmpcl_lib.train.config import TrainConfig, config_from_strings
 from hmpcl_lib.train.loop import initial_encoder
 from test_training import make_drawing_table
 
-TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", "epochs=1", "steps_per_epoch=2",
+TINY_EPOCHS = 1
+TINY = ["weights=none", "embed_dim=16", "image_size=48", "batch_size=16", f"epochs={TINY_EPOCHS}", "steps_per_epoch=2",
         "warmup_steps=1", "num_workers=0"]
 
 
@@ -28,12 +29,13 @@ def _data_root(tmp_path):
         patent_id=pl.format("USD{}-20200101", pl.col("patent_label")),
         class_code=pl.format("0{}", pl.col("class_label") + 1),
         subclass_code=pl.format("0{}-0{}", pl.col("class_label") + 1, pl.col("subclass_label") + 1))
-    # patents 3 and 4 of every subclass are test (first view = query), the rest train
+    # patents 3 and 4 of every subclass are test (first view = query), patent 2 validation, the rest train
     test = pl.col("is_test")
-    splits = hierarchy.select("drawing_id", "patent_id", is_test=(pl.col("patent_label") % 5) >= 3).with_columns(
-        split=pl.when(test).then(pl.lit("test")).otherwise(pl.lit("train")),
+    splits = hierarchy.select("drawing_id", "patent_id", is_test=(pl.col("patent_label") % 5) >= 3,
+                              is_val=(pl.col("patent_label") % 5) == 2).with_columns(
+        split=pl.when(test).then(pl.lit("test")).when(pl.col("is_val")).then(pl.lit("val")).otherwise(pl.lit("train")),
         role=pl.when(~test).then(pl.lit("train")).when(pl.col("drawing_id").str.ends_with("_v0"))
-        .then(pl.lit("query")).otherwise(pl.lit("gallery"))).drop("is_test")
+        .then(pl.lit("query")).otherwise(pl.lit("gallery"))).drop("is_test", "is_val")
     (tmp_path / "parsed").mkdir()
     hierarchy.write_parquet(tmp_path / "parsed" / "lic_hierarchy.parquet")
     splits.write_parquet(tmp_path / "parsed" / "splits.parquet")
@@ -68,6 +70,11 @@ def test_sweep_trains_logs_children_and_resumes(tmp_path, capsys, monkeypatch):
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
     assert sorted(children["tags.mlflow.runName"]) == ["baseline-seed0", "cumulative-seed0"]
     assert children["metrics.leave_one_out.head.patent_map"].between(0, 1).all()
+    for run_id in children["run_id"]:  # the validation curve of every trained run, one point per epoch
+        curve = mlflow.MlflowClient().get_metric_history(run_id, "val_patent_recall_at_1")
+        assert len(curve) == TINY_EPOCHS and all(0 <= m.value <= 1 for m in curve)
+    curves = pl.read_parquet(sweep.curves_path(folder, "cumulative", 0))
+    assert curves["epoch"].to_list() == list(range(TINY_EPOCHS)) and curves["exported"].to_list()[-1]
 
     monkeypatch.setattr("hmpcl_lib.train.loop.train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     path = sweep.run_path(folder, "cumulative", 0)

@@ -273,7 +273,7 @@ def run_sweep(hierarchy: pl.DataFrame, splits: pl.DataFrame, variants: dict[str,
             frames.append(frame)
             if parent is not None and fresh:
                 _log_child(tracking_cfg, parent, variant, seed, dataclasses.replace(base, **overrides, seed=seed),
-                           frame)
+                           frame, out_dir)
             log.info("sweep %s: %s seed %d done", name, variant, seed)
     return pl.concat(frames, how="diagonal_relaxed")
 
@@ -293,7 +293,8 @@ def _parent_run(cfg, name: str, variants: dict, seeds: list[int], base) -> str:
         return parent.info.run_id
 
 
-def _log_child(cfg, parent_id: str, variant: str, seed: int, config, frame: pl.DataFrame) -> None:
+def _log_child(cfg, parent_id: str, variant: str, seed: int, config, frame: pl.DataFrame,
+               out_dir: str | Path) -> None:
     import mlflow
 
     from hmpcl_lib import tracking
@@ -307,3 +308,8 @@ def _log_child(cfg, parent_id: str, variant: str, seed: int, config, frame: pl.D
             for r in overall(frame).iter_rows(named=True):
                 prefix = f"{r['protocol']}.{r['features']}."
                 tracking.log_metrics_safe({prefix + m: r[m] for m in METRIC_COLUMNS})
+            curves = curves_path(out_dir, variant, seed)
+            if curves.exists():  # the epoch curves, validation included, at their training step
+                for r in pl.read_parquet(curves).iter_rows(named=True):
+                    tracking.log_metrics_safe({k: v for k, v in r.items() if k == "epoch_loss" or k.startswith("val_")},
+                                              step=int(r["step"]))
