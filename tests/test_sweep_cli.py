@@ -116,6 +116,19 @@ def test_the_sweep_and_the_comparison_share_one_variant_registry(tmp_path, capsy
     assert "unknown variant(s) ['pretrained-999px'] for a sweep" in capsys.readouterr().err
 
 
+def test_the_default_variant_is_what_ships_whatever_the_defaults_become():
+    """`--variant default` trains TrainConfig() exactly: no override of its own, so a changed default moves it too."""
+    import dataclasses
+
+    from hmpcl_lib.experiments import variants
+    from hmpcl_lib.train import config as config_module
+
+    assert variants.variant_config(config_module.TrainConfig(), "default") == config_module.TrainConfig()
+    moved = dataclasses.replace(config_module.TrainConfig(), loss="baseline", epochs=3)
+    assert variants.variant_config(moved, "default") == moved
+    assert "default" in variants.TRAINED and "default" not in variants.SWEEP  # not a hypothesis of its own
+
+
 def test_a_field_added_since_a_run_was_saved_counts_as_what_it_meant_before(tmp_path):
     """A saved run (or checkpoint) lacks the fields added after it: each takes the value it had before it existed,
     not today's default, which may have changed since (target "item" became "cumulative")."""
