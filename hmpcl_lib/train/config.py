@@ -22,8 +22,8 @@ class TrainConfig:
     embed_dim: int | None = 256  # None: no projection head
     head: str = "mlp"  # "mlp" | "linear"
     loss: str = "hierarchical"  # "hierarchical" | "baseline"
-    # hierarchical target form (losses.py): "cumulative" (default: the winner of `hmpcl sweep`, see README) | "item"
-    # (the paper's per-item weights) | "level"
+    # hierarchical target form (losses.py): "cumulative" (default: the winner of `hmpcl sweep`, docs/QUALITY.md) |
+    # "cumulative-set" (its coarse terms score the positive set, round 8) | "item" (the paper's per-item weights) | "level"
     target: str = "cumulative"
     s_patent: float = 1.0
     s_subclass: float = 0.5
