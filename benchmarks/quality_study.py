@@ -111,6 +111,29 @@ def backbone_drift(sweep_dirs: dict[str, str | Path]) -> pl.DataFrame:
             pl.col("drift").max().round(4).alias("max")).sort("variant"))
 
 
+def epoch_choice(sweep_dirs: dict[str, str | Path]) -> pl.DataFrame:
+    """Per trained run with validation curves (`sweep.curves_path`): the epoch `export_weights="best-val"` would pick,
+    its validation score and the last epoch's (validation.selection_score), and the last epoch's validation R@1: is the
+    last epoch as good as the best?"""
+    from hmpcl_lib.train.validation import best_epoch, selection_score
+
+    rows = []
+    for sample, folder in sweep_dirs.items():
+        for path in sorted(Path(folder).glob("*/curves-seed=*.parquet")):
+            curve = pl.read_parquet(path)
+            if "val_patent_map" not in curve.columns:
+                continue
+            history = curve.to_dicts()
+            best = best_epoch(history)
+            last = history[-1]
+            rows.append({"sample": sample, "variant": path.parent.name, "seed": path.stem.split("=")[1],
+                         "best epoch": best, "epochs": len(history),
+                         "best score": round(selection_score(history[best]), 4),
+                         "last score": round(selection_score(last), 4),
+                         "last val R@1": round(last["val_patent_recall_at_1"], 4)})
+    return pl.DataFrame(rows) if rows else pl.DataFrame({"runs with validation curves": []})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders, one per sample (named by their data root)")
@@ -158,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(study.bar_table(verdicts))
         untouched = [(c, ("pretrained", "head")) for c in (study.BASELINE, *candidates)]
         print(f"\n## Against the untouched backbone\n\n{study.pairs_table(frame, untouched)}")
+        print("\n## Validation curves: the best epoch against the last (runs trained with validation)\n")
+        print(markdown_table(epoch_choice(dirs), max_rows=100, max_chars=60))
         return 0
     if args.round == 7:  # one change each to the new default, judged against its runs (C1-C3)
         print(f"\n## Candidates minus {'/'.join(study.NEW_DEFAULT)} on the pooled queries (95 % intervals)\n")
