@@ -3,7 +3,8 @@
     .venv/bin/python scripts/sample_data.py --sample-seed 1 --root data-sample1
     .venv/bin/hmpcl sweep --data-root data-sample1 --no-mlflow --seeds 0 1 2 --variant cumulative
 
-Another shape of corpus: `--n-classes 10 --patents-per-subclass 14 --views 3 6` (SampleSpec's fields).
+Another shape of corpus: `--subclasses-per-class 3 --patents-per-subclass 14 --views 3 6` (SampleSpec's fields;
+at most 8 classes and 4 subclasses per class, the generator's shape families).
 Materializes raw_archives and drawings for every sample year, lic_codes, lic_hierarchy, splits and decoded_drawings
 with the pipeline's own assets (the same code `make run` runs) in an ephemeral Dagster instance, so the `make run`
 instance, its MLflow runs and its champion are untouched. Used by the quality study (README "Benchmarks") to check a

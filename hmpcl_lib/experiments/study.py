@@ -156,6 +156,9 @@ candidate existed (only the baseline's seed 0 had run, not looked at): cumulativ
 samples over seeds 0-2 and judged by B1-B5 on each; cumulative-coarse-tau-.2 and cumulative run after it, as CPU time
 allows, and cannot ship with fewer than 3 seeds on both samples. The evidence that the shipped cumulative fails the
 bar is issue 28's own measurement (an unseen sample, 3 seeds: R@1 -3.1 points [-5.7, -0.5] under the baseline).
+Amended again before any run on it: the generator draws at most 8 main classes (the default already), so the
+confirmation shape is 8 classes x 3 subclasses x 14 patents, 3-6 drawings per patent (more patents per subclass,
+fewer drawings per patent, fewer subclasses per class).
 """
 CANDIDATES_8 = (("cumulative-set", "head"), ("cumulative-coarse-tau-.2", "head"), ("cumulative", "head"))
 NEW_DEFAULT = ("cumulative-backbone-lr-1", "head")  # round 7's reference: trains exactly TrainConfig's default
