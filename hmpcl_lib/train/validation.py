@@ -4,7 +4,7 @@ Each epoch the encoder embeds the validation drawings (at most `TrainConfig.val_
 chosen by a hash of their id, so the same ones every epoch and every run) and ranks them leave-one-out: every
 drawing a query against all the others, exact (a [V, V] similarity matrix), scored by the benchmark's own metric code
 (`retrieval.metrics.QueryLabels`), with no vector index, so the training core runs without faiss. At the default
-2,000 drawings that is one embedding pass and a 2,000 x 2,000 matmul: about 2 % of an epoch on the sample.
+2,000 drawings that is one embedding pass and a 2,000 x 2,000 matmul per epoch.
 
 The metrics go into the run's history (`val_<metric>` at the epoch's last step), to MLflow as curves (the tracked
 runs log every reported metric) and into the checkpoint, so a resumed run keeps them.
