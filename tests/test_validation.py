@@ -130,3 +130,26 @@ def test_export_rule_needs_validation():
         TrainConfig(export_weights="best")
     with pytest.raises(ValueError, match="needs val_drawings > 0"):
         TrainConfig(export_weights="best-val", val_drawings=0)
+
+
+def test_hmpcl_train_validates_on_the_splits_val_split(corpus, tmp_path, capsys):
+    """`hmpcl-train --splits` scores the splits table's validation drawings every epoch and says what it exported;
+    a splits table without a validation split trains without validation."""
+    import json
+
+    from hmpcl_lib.train import cli
+
+    train_table, val_table = corpus
+    table = pl.concat([train_table, val_table]).with_columns(pl.col("image_path").alias("drawing_id"))
+    table.write_parquet(tmp_path / "table.parquet")
+    flags = ["--weights", "none", "--embed-dim", "32", "--image-size", "64", "--batch-size", "16", "--epochs", "1",
+             "--steps-per-epoch", "2", "--warmup-steps", "1", "--num-workers", "0", "--export-weights", "best-val"]
+    for name, val_split in (("with", "val"), ("without", "train")):
+        splits = table.select("drawing_id", split=pl.when(pl.col("drawing_id").is_in(val_table["image_path"].to_list()))
+                              .then(pl.lit(val_split)).otherwise(pl.lit("train")))
+        splits.write_parquet(tmp_path / f"{name}.parquet")
+        assert cli.main(["--table", str(tmp_path / "table.parquet"), "--splits", str(tmp_path / f"{name}.parquet"),
+                         "--out", str(tmp_path / name), *flags]) == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert printed["exported_epoch"] == 0
+        assert ("val_patent_recall_at_1" in printed) is (name == "with")

@@ -54,12 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     table = _load_training_table(args.table, args.splits, args.split)
     # with a splits table, its validation split is scored every epoch (TrainConfig.val_drawings, export_weights)
-    validation = _load_training_table(args.table, args.splits, "val") if args.splits and args.split != "val" else None
+    validation = None
+    if args.splits and args.split != "val":
+        import polars as pl
+
+        if (pl.read_parquet(args.splits, columns=["split"])["split"] == "val").any():
+            validation = _load_training_table(args.table, args.splits, "val")
     result = train(config, table, args.out, resume=not args.no_resume, validation=validation)
     if D.rank() == 0:
         last = next((h for h in reversed(result.history) if "epoch_loss" in h), {})
         print(json.dumps({"checkpoint": str(result.checkpoint_path), "steps": result.history[-1]["step"] if result.history else 0,
-                          "final_epoch_loss": last.get("epoch_loss")}))
+                          "final_epoch_loss": last.get("epoch_loss"), "exported_epoch": result.exported_epoch,
+                          **{k: v for k, v in last.items() if k.startswith("val_")}}))
     return 0
 
 
