@@ -107,6 +107,21 @@ def test_tracking_uri_defaults_to_env(store, capsys, monkeypatch):
     assert tracking.default_tracking_uri() == "sqlite:///mlflow.db"
 
 
+def test_the_library_config_takes_the_environment_the_readme_sets(monkeypatch, tmp_path):
+    """`tracking.TrackingConfig()` (the README's Python snippet) opens the store, artifacts and UI the environment
+    names, like every entry point, not a store in whatever folder the snippet runs from."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.setenv("HMPCL_MLFLOW_ARTIFACTS", str(tmp_path / "art"))
+    monkeypatch.setenv("HMPCL_MLFLOW_UI", "http://127.0.0.1:5001")
+    cfg = tracking.TrackingConfig()
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'elsewhere.db'}" and cfg.artifact_root == str(tmp_path / "art")
+    assert cfg.ui_url == "http://127.0.0.1:5001"
+    for name in ("MLFLOW_TRACKING_URI", "HMPCL_MLFLOW_ARTIFACTS", "HMPCL_MLFLOW_UI"):
+        monkeypatch.delenv(name)
+    assert tracking.TrackingConfig() == tracking.TrackingConfig(tracking.DEFAULT_TRACKING_URI, "hmpcl", "hmpcl-encoder",
+                                                                "mlartifacts", "http://127.0.0.1:5000")
+
+
 def test_missing_store_is_a_clear_error_and_creates_nothing(tmp_path, capsys):
     db = tmp_path / "nothing.db"
     code, out, err = run_cli(capsys, "metrics", "--tracking-uri", f"sqlite:///{db}")

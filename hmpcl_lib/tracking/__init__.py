@@ -8,7 +8,8 @@ the model and index a query command serves. Experiments built on it are in `hmpc
 """
 
 from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, LegacyModelError, PromotionDecision, TrackingConfig, activate, client,
-                                             default_tracking_uri, DEFAULT_TRACKING_URI,
+                                             default_tracking_uri, DEFAULT_TRACKING_URI, default_artifact_root,
+                                             default_ui_url,
                                              current_champion, decide_promotion, experiment_id, find_run, fingerprint, load_model,
                                              log_dataset, log_encoder, log_metrics_safe, promote_if_better, recent_runs, register, relog,
                                              registered_version_for_run, run_url, start_run)
@@ -16,4 +17,4 @@ from hmpcl_lib.tracking.mlflow_store import (CHAMPION, FINGERPRINT_TAG, LegacyMo
 __all__ = ["CHAMPION", "FINGERPRINT_TAG", "LegacyModelError", "PromotionDecision", "TrackingConfig", "client", "current_champion",
            "decide_promotion", "experiment_id", "find_run", "fingerprint", "load_model", "log_dataset", "log_encoder", "log_metrics_safe",
            "promote_if_better", "recent_runs", "register", "relog", "registered_version_for_run", "run_url", "start_run",
-           "default_tracking_uri", "DEFAULT_TRACKING_URI", "activate"]
+           "default_tracking_uri", "DEFAULT_TRACKING_URI", "default_artifact_root", "default_ui_url", "activate"]

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +25,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SYSTEM_METRICS_INTERVAL_S = 5  # MLflow's default is 10 s: a short training run would show few or no samples
 
 
+DEFAULT_ARTIFACT_ROOT = "mlartifacts"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the local sqlite store: the one default every entry point uses."""
     import os
@@ -32,13 +36,31 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def default_artifact_root() -> str:
+    """$HMPCL_MLFLOW_ARTIFACTS, else `mlartifacts` in the current folder (the Makefile exports it)."""
+    import os
+
+    return os.environ.get("HMPCL_MLFLOW_ARTIFACTS") or DEFAULT_ARTIFACT_ROOT
+
+
+def default_ui_url() -> str:
+    """$HMPCL_MLFLOW_UI, else the local MLflow UI `make mlflow` starts."""
+    import os
+
+    return os.environ.get("HMPCL_MLFLOW_UI") or DEFAULT_UI_URL
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
-    tracking_uri: str = DEFAULT_TRACKING_URI
+    """Where runs and models live. The store, artifact root and UI default to the environment the Makefile and the
+    README set (`MLFLOW_TRACKING_URI`, `HMPCL_MLFLOW_ARTIFACTS`, `HMPCL_MLFLOW_UI`), read when the config is made, as
+    every entry point reads them."""
+
+    tracking_uri: str = field(default_factory=default_tracking_uri)
     experiment: str = "hmpcl"
     registered_model: str = "hmpcl-encoder"
-    artifact_root: str = "mlartifacts"
-    ui_url: str = "http://127.0.0.1:5000"
+    artifact_root: str = field(default_factory=default_artifact_root)
+    ui_url: str = field(default_factory=default_ui_url)
 
 
 def fingerprint(*parts: Any) -> str:

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from hmpcl_lib.layout import DataLayout, default_data_root
 from hmpcl_lib.sample.spec import SampleSpec
-from hmpcl_lib.tracking import TrackingConfig, default_tracking_uri
+from hmpcl_lib.tracking import TrackingConfig, default_artifact_root, default_tracking_uri, default_ui_url
 
 
 def _env(name: str, default: str) -> str:
@@ -83,8 +83,8 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str = Field(default_factory=default_tracking_uri)
     experiment: str = TrackingConfig.experiment  # the library's TrackingConfig holds every default
     registered_model: str = TrackingConfig.registered_model
-    artifact_root: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_ARTIFACTS", TrackingConfig.artifact_root))
-    ui_url: str = Field(default_factory=lambda: _env("HMPCL_MLFLOW_UI", TrackingConfig.ui_url))
+    artifact_root: str = Field(default_factory=default_artifact_root)
+    ui_url: str = Field(default_factory=default_ui_url)
 
     @property
     def config(self) -> TrackingConfig:
