@@ -54,14 +54,16 @@ def reference_level(z, patent, subclass, klass, s, tau):
     return (total / anchors if anchors else 0.0), anchors, n - anchors
 
 
-def reference_cumulative(z, patent, subclass, klass, s, tau):
-    """sum_l s_l * mean over anchors with a positive at level l of CE(uniform over items sharing >= level l)."""
+def reference_cumulative(z, patent, subclass, klass, s, tau, coarse_tau=None, set_form=False):
+    """sum_l s_l * mean over anchors with a positive at level l of CE(uniform over items sharing >= level l); with
+    `set_form` the coarse levels' term is -log of the softmax mass on those items; `coarse_tau` their temperature."""
     patent, subclass, klass = patent.tolist(), subclass.tolist(), klass.tolist()
-    n, logit = len(patent), _logits(z, tau)
+    n = len(patent)
     loss, any_anchor = 0.0, set()
     for depth in range(3):
         if s[depth] == 0:
             continue
+        logit = _logits(z, tau if depth == 0 or coarse_tau is None else coarse_tau)
         total, anchors = 0.0, 0
         for i in range(n):
             positives = [j for j in range(n) if j != i and (lvl := _level(i, j, patent, subclass, klass)) is not None
@@ -71,7 +73,10 @@ def reference_cumulative(z, patent, subclass, klass, s, tau):
             anchors += 1
             any_anchor.add(i)
             log_norm = _log_norm({j: logit[i][j] for j in range(n) if j != i})
-            total -= sum(logit[i][j] - log_norm for j in positives) / len(positives)
+            if set_form and depth > 0:
+                total -= _log_norm({j: logit[i][j] for j in positives}) - log_norm
+            else:
+                total -= sum(logit[i][j] - log_norm for j in positives) / len(positives)
         loss += s[depth] * (total / anchors if anchors else 0.0)
     return loss, len(any_anchor), n - len(any_anchor)
 
@@ -130,32 +135,6 @@ def test_unknown_target_is_refused():
         HierarchicalContrastiveLoss(target="per-level")
 
 
-def reference_cumulative_set(z, patent, subclass, klass, s, tau, coarse_tau=None):
-    """"cumulative" whose coarse terms are -log of the softmax mass on the positive set (at their own temperature)."""
-    patent, subclass, klass = patent.tolist(), subclass.tolist(), klass.tolist()
-    n = len(patent)
-    loss, any_anchor = 0.0, set()
-    for depth in range(3):
-        if s[depth] == 0:
-            continue
-        logit = _logits(z, tau if depth == 0 or coarse_tau is None else coarse_tau)
-        total, anchors = 0.0, 0
-        for i in range(n):
-            positives = [j for j in range(n) if j != i and (lvl := _level(i, j, patent, subclass, klass)) is not None
-                         and lvl <= depth]
-            if not positives:
-                continue
-            anchors += 1
-            any_anchor.add(i)
-            log_norm = _log_norm({j: logit[i][j] for j in range(n) if j != i})
-            if depth == 0:
-                total -= sum(logit[i][j] - log_norm for j in positives) / len(positives)
-            else:
-                total -= _log_norm({j: logit[i][j] for j in positives}) - log_norm
-        loss += s[depth] * (total / anchors if anchors else 0.0)
-    return loss, len(any_anchor), n - len(any_anchor)
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("scores", [(1.0, 0.5, 0.25), (2.0, 1.0, 0.0)])
 @pytest.mark.parametrize("coarse_tau", [None, 0.3])
@@ -163,7 +142,7 @@ def test_cumulative_set_matches_float64_reference(seed, scores, coarse_tau):
     z, patent, subclass, klass = random_batch(n=4 + 5 * seed, seed=seed)
     loss_fn = HierarchicalContrastiveLoss(*scores, temperature=0.1, target="cumulative-set",
                                           coarse_temperature=coarse_tau)
-    expected, anchors, skipped = reference_cumulative_set(z, patent, subclass, klass, scores, 0.1, coarse_tau)
+    expected, anchors, skipped = reference_cumulative(z, patent, subclass, klass, scores, 0.1, coarse_tau, set_form=True)
     assert loss_fn(z.float(), patent, subclass, klass).item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert (loss_fn.last_num_anchors, loss_fn.last_num_skipped) == (anchors, skipped)
     assert loss_fn(z, patent, subclass, klass).item() == pytest.approx(expected, rel=1e-7, abs=1e-7)
