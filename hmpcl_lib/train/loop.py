@@ -9,8 +9,8 @@ batch, the loss gathers embeddings across ranks, and only rank 0 writes checkpoi
 With `ema_decay` > 0 the run exports an exponential moving average of the weights (timm's `ModelEmaV3`, kept
 in the checkpoint). Given a `validation` table, every epoch ends with retrieval metrics on it (`val_*` in the history
 and to `on_metrics`, so MLflow draws them as curves), and `export_weights="best-val"` exports the best epoch's
-weights (`hmpcl_lib.train.validation`). The config is `hmpcl_lib.train.config`, the checkpoint files `hmpcl_lib.train.checkpoint`, the
-CLI `hmpcl_lib.train.cli`.
+weights (`hmpcl_lib.train.validation`). The config is `hmpcl_lib.train.config`, the checkpoint files
+`hmpcl_lib.train.checkpoint`, the CLI `hmpcl_lib.train.cli`.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def train(
     resume: bool = True,
     validation: Any = None,
 ) -> TrainResult:
-    """Train an encoder on `table` (image_path + class/subclass/patent labels); `validation` (the same columns plus
-    drawing_id, patent_id, subclass_code, class_code: the validation split) is scored every epoch; see the module doc."""
+    """Train an encoder on `table` (image_path + class/subclass/patent labels); `validation` (the same columns: the
+    validation split) is scored every epoch on rank 0; see the module doc."""
     out_dir = Path(out_dir)
     started_dist = _init_distributed()
     try:
