@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
+
+if TYPE_CHECKING:
+    import polars as pl
 
 VAL_METRICS = ("patent_map", "patent_recall_at_1", "subclass_map_at_100", "class_map_at_100")
 SELECTION_METRICS = ("patent_recall_at_1", "patent_map")  # selection_score: their mean
@@ -40,6 +42,8 @@ def validation_rows(table: pl.DataFrame, max_drawings: int) -> pl.DataFrame:
     the metric code's columns made from the labels (a subclass label < 0 is unknown): whole patents in the order of a
     hash of their label, up to `max_drawings` (all of them when fewer), sorted by path. Patents with one drawing are
     left out (no same-patent answer to find)."""
+    import polars as pl
+
     missing = [c for c in ("image_path", *LABEL_SOURCES.values()) if c not in table.columns]
     if missing:
         raise ValueError(f"validation table lacks columns {missing} (has {table.columns})")
@@ -65,6 +69,8 @@ def validate(model: torch.nn.Module, rows: pl.DataFrame, image_size: int, pixel_
              device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, float]:
     """Leave-one-out retrieval metrics of `model` on `rows` ({metric: mean over the queries}, `VAL_METRICS`),
     embedded in eval mode (`embed_paths` restores the model's mode afterwards)."""
+    import polars as pl
+
     from hmpcl_lib.retrieval.embedding import embed_paths
     from hmpcl_lib.retrieval.metrics import QueryLabels
 
