@@ -114,8 +114,9 @@ class TrainConfig:
         need(0 <= self.wise_alpha <= 1, f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.val_drawings >= 0, f"val_drawings must be >= 0, got {self.val_drawings}")
-        need(self.export_weights in ("last", "best-val"),
-             f"export_weights must be 'last' or 'best-val', got {self.export_weights!r}")
+        from hmpcl_lib.train.validation import EXPORTS
+
+        need(self.export_weights in EXPORTS, f"export_weights must be one of {EXPORTS}, got {self.export_weights!r}")
         need(self.export_weights == "last" or self.val_drawings > 0, "export_weights 'best-val' needs val_drawings > 0")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
