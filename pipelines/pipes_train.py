@@ -83,7 +83,7 @@ def run_reporting(pipes: PipesContext) -> TrainedModel:
         pipes.log.info(f"training {config.loss} ({config.backbone}, {config.epochs} epochs) in pid {os.getpid()}")
         model = train_tracked(config, extras["hierarchy_path"], extras["splits_path"], extras["out_dir"],
                               tracking_cfg, variant=extras.get("variant"), on_metrics=on_metrics,
-                              reuse=bool(extras.get("reuse", True)))
+                              reuse=bool(extras.get("reuse", True)), data_source=extras.get("data_source"))
     finally:
         library_log.removeHandler(handler)
     pipes.report_asset_materialization(metadata=materialization_metadata(model), data_version=model.fingerprint)

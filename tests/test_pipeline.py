@@ -61,12 +61,12 @@ def test_every_asset_materializes_and_checks_pass(env):
                                               for e in env["comparison"].get_asset_check_evaluations()}
 
 
-def test_variants_are_partitions_and_the_hierarchical_one_reuses_trained_encoder(env):
+def test_variants_are_partitions_and_the_default_one_reuses_trained_encoder(env):
     trained = env["result"].output_for_node("trained_encoder")
+    baseline = env["variants"]["baseline"].output_for_node("variant_encoder")  # the default loss since issue 28
+    assert baseline.reused and baseline.run_id == trained.run_id  # same config + data: not trained twice
     hierarchical = env["variants"]["hierarchical"].output_for_node("variant_encoder")
-    assert hierarchical.reused and hierarchical.run_id == trained.run_id  # same config + data: not trained twice
-    baseline = env["variants"]["baseline"].output_for_node("variant_encoder")
-    assert baseline.variant == "baseline" and baseline.params["loss"] == "baseline" and not baseline.reused
+    assert hierarchical.params["loss"] == "hierarchical" and not hierarchical.reused
     assert env["variants"]["pretrained"].output_for_node("variant_encoder").variant == "pretrained"
     for v in VARIANTS:
         saved = env["store"].layout.variant_dir(v)
@@ -109,7 +109,8 @@ def test_comparison_table_and_mlflow(env):
     mlflow.set_tracking_uri(cfg.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.experiment])
     assert {"train-hierarchical", "train-baseline", "pretrained", "model-comparison"} <= set(runs["tags.mlflow.runName"])
-    trained = runs[runs["tags.mlflow.runName"] == "train-hierarchical"].iloc[0]
+    trained = runs[runs["tags.mlflow.runName"] == "train-baseline"].iloc[0]  # trained_encoder's run: the default loss
+    assert trained["tags.hmpcl.data_source"] == "sample"  # the search page's model card reads it
     inputs = mlflow.get_run(trained["run_id"]).inputs.dataset_inputs
     contexts = {(i.dataset.name, t.value) for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
     assert {("lic_hierarchy", "training"), ("splits", "training"), ("test_split", "evaluation")} <= contexts
@@ -117,7 +118,7 @@ def test_comparison_table_and_mlflow(env):
                          for e in env["result"].get_asset_materialization_events()
                          if e.asset_key.path[-1] == "champion_model")
     assert "mlflow models serve" in champion_meta["serve_it"].value and "make search" in champion_meta["search_it"].value
-    assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "hierarchical"
+    assert trained["metrics.patent_map"] >= 0 and trained["params.loss"] == "baseline"
     from hmpcl_lib import tracking
 
     champion = tracking.load_model(cfg, f"models:/{cfg.registered_model}@champion")  # safetensors weights only
@@ -126,6 +127,10 @@ def test_comparison_table_and_mlflow(env):
     with torch.inference_mode():
         z = champion(torch.zeros(2, 3, 64, 64))
     assert z.shape == (2, 32)
+    from hmpcl_lib.tracking.model_source import model_card
+
+    card = model_card(f"models:/{cfg.registered_model}@champion", None, cfg.tracking_uri)  # what `hmpcl serve` says
+    assert card.demo and card.run_id == trained["run_id"] and card.train_drawings == int(trained["params.train_drawings"])
 
 
 def test_rematerializing_reuses_the_run_and_registry_version(env):

@@ -22,6 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from hmpcl_lib.modeling.models import build_encoder
 from hmpcl_lib.serve.app import create_app
+from hmpcl_lib.tracking.model_source import ModelCard
 from benchmarks.demo_corpus import DEMO_SPEC, demo_searcher, write_demo_corpus
 
 pytestmark = pytest.mark.browser
@@ -64,7 +65,10 @@ def server(tmp_path_factory):
     layout = write_demo_corpus(tmp_path_factory.mktemp("data"), DEMO_SPEC)
     searcher = demo_searcher(layout, build_encoder(embed_dim=None, weights="package", image_size=128))
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(searcher, layout), host="127.0.0.1", port=port, log_level="warning"))
+    card = ModelCard(source="models:/hmpcl-encoder@champion", run_id="0" * 32, run_name="train-baseline",
+                     loss="baseline", train_drawings=1356, data_source="sample")
+    uv = uvicorn.Server(uvicorn.Config(create_app(searcher, layout, model_card=card), host="127.0.0.1", port=port,
+                                       log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -96,6 +100,10 @@ def test_upload_filter_pick_and_error_in_chromium(page, server, tmp_path):
 
     page.goto(base, wait_until="domcontentloaded")
     expect(page.get_by_role("heading", name="hmpcl drawing search")).to_be_visible()
+    footer = page.locator("footer#model-card")  # what the model is: a demonstration, trained on the sample
+    expect(footer).to_be_visible()
+    expect(footer).to_contain_text("trained on 1,356 drawings of the generated sample corpus")
+    expect(footer).to_contain_text("not a model for real drawings")
     page.fill("#k", str(K))
     page.set_input_files("#upload", str(upload))  # the change event posts it
     cards = page.locator("#grid li.card")

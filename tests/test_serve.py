@@ -278,9 +278,11 @@ def test_load_app_from_a_checkpoint_and_index(corpus, tmp_path):
     serve_cli.add_arguments(parser)
     args = parser.parse_args(["--data-root", str(layout.root), "--model-checkpoint", str(checkpoint),
                               "--index", str(index_dir), "--max-upload-mb", "0.001"])
-    app, model, loaded = serve_cli.load_app(args, "sqlite:///unused.db", "hmpcl-encoder")
-    assert Path(loaded) == Path(index_dir) and model == str(checkpoint)
+    app, card, loaded = serve_cli.load_app(args, "sqlite:///unused.db", "hmpcl-encoder")
+    assert Path(loaded) == Path(index_dir) and card.source == str(checkpoint) and card.run_id is None
+    assert "not recorded" in card.summary()  # an encoder file says so: nothing tells what it was trained on
     with TestClient(app) as c:
+        assert "what it was trained on is not recorded" in c.get("/").text
         row = hierarchy.row(2, named=True)
         data = c.get("/api/search", params={"drawing_id": row["drawing_id"], "k": 2}).json()
         assert data["results"][0]["drawing_id"] == row["drawing_id"]
@@ -404,3 +406,41 @@ def test_the_app_warms_up_before_its_first_request(corpus):
     with TestClient(app) as c:
         assert service.batcher.batches == 1 and service.batcher.items == 1  # before any request
         assert c.get("/healthz").json()["batches"] == 1
+
+
+def test_the_model_card_says_what_the_model_was_trained_on(tmp_path, corpus):
+    """The card comes from the model's MLflow run (loss, drawings, the pipeline's data source tag): a model of the
+    generated sample is called a demonstration in /healthz and in the page's footer."""
+    import mlflow
+
+    from hmpcl_lib.tracking.model_source import DATA_SOURCE_TAG, model_card
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    runs = {}
+    for source in ("sample", "deeppatent2", None):
+        with mlflow.start_run(run_name="train-baseline",
+                              tags={DATA_SOURCE_TAG: source} if source else {}) as run:
+            mlflow.log_params({"loss": "baseline", "train_drawings": 1356})
+        runs[source] = run.info.run_id
+    with mlflow.start_run(run_name="pretrained", tags={"hmpcl.stage": "pretrained"}) as run:
+        runs["pretrained"] = run.info.run_id
+    mlflow.set_tracking_uri(None)
+
+    sample = model_card(f"runs:/{runs['sample']}/model", None, uri)
+    assert sample.demo and (sample.loss, sample.train_drawings, sample.run_name) == ("baseline", 1356, "train-baseline")
+    assert "trained on 1,356 drawings of the generated sample corpus" in sample.summary()
+    assert "a demonstration of the pipeline, not a model for real drawings" in sample.summary()
+    real = model_card(f"runs:/{runs['deeppatent2']}/model", None, uri)
+    assert not real.demo and "trained on 1,356 DeepPatent2 drawings" in real.summary()
+    assert "demonstration" not in real.summary()
+    assert "source not recorded" in model_card(f"runs:/{runs[None]}/model", None, uri).summary()
+    assert "untouched ImageNet backbone" in model_card(f"runs:/{runs['pretrained']}/model", None, uri).summary()
+
+    layout, searcher, _ = corpus
+    with TestClient(create_app(searcher, layout, model_card=sample)) as c:
+        assert c.get("/healthz").json()["model"] == sample.summary()
+        page = c.get("/").text
+        assert '<footer id="model-card" class="demo">' in page and "not a model for real drawings" in page
+    with TestClient(create_app(searcher, layout)) as c:  # no card given: no footer, nothing made up
+        assert 'id="model-card"' not in c.get("/").text and c.get("/healthz").json()["model"] is None

@@ -102,7 +102,7 @@ def full_set_loss(encoder, table: pl.DataFrame, image_size: int) -> float:
         ({"temperature": 0}, "temperature must be > 0"),
         ({"steps_per_epoch": 0}, "steps_per_epoch must be >= 1"),
         ({"device": "tpu"}, "device must be"),
-        ({"target": "level", "coarse_temperature": 0.2}, "coarse_temperature needs the hierarchical loss"),
+        ({"loss": "hierarchical", "target": "level", "coarse_temperature": 0.2}, "coarse_temperature needs the hierarchical loss"),
         ({"loss": "baseline", "coarse_temperature": 0.2}, "coarse_temperature needs the hierarchical loss"),
         ({"coarse_temperature": 0.0}, "coarse_temperature must be > 0"),
         ({"val_drawings": -1}, "val_drawings must be >= 0"),
@@ -114,9 +114,9 @@ def test_config_rejects_bad_values(overrides, message):
 
 
 def test_the_configured_loss_is_the_one_built():
-    loss = training.build_loss(TrainConfig(target="cumulative-set", coarse_temperature=0.2))
+    loss = training.build_loss(TrainConfig(loss="hierarchical", target="cumulative-set", coarse_temperature=0.2))
     assert (loss.target, loss.coarse_temperature, loss.temperature) == ("cumulative-set", 0.2, pytest.approx(0.07))
-    assert training.build_loss(TrainConfig()).coarse_temperature is None
+    assert training.build_loss(TrainConfig(loss="hierarchical")).coarse_temperature is None
 
 
 def test_cli_has_a_flag_for_every_config_field():

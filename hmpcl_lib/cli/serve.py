@@ -4,7 +4,9 @@
                 [--model-uri models:/hmpcl-encoder@champion | --model-checkpoint encoder.pt] [--index DIR]
 
 By default the model is the registry's champion (tracking URI from --tracking-uri / $MLFLOW_TRACKING_URI) and the
-index is the one the `gallery_index` asset wrote for the champion's run (`<data root>/index/<run id>`). Without
+index is the one the `gallery_index` asset wrote for the champion's run (`<data root>/index/<run id>`). The start-up
+log and the page's footer say what the model was trained on (its card: loss, drawings, data source, MLflow run); a
+model trained on the generated sample says it is a demonstration, not a model for real drawings. Without
 a champion, an index or the hierarchy table it stops with a message saying to run `make run` first. A host other
 than a loopback address is refused unless --allow-remote is given: the page has no authentication.
 """
@@ -75,7 +77,7 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
 
     from hmpcl_lib.retrieval.index import VectorIndex
     from hmpcl_lib.retrieval.search import Searcher
-    from hmpcl_lib.tracking.model_source import champion_uri, index_dir_of, load_query_model
+    from hmpcl_lib.tracking.model_source import ModelCard, champion_uri, index_dir_of, load_query_model, model_card
     from hmpcl_lib.serve.app import create_app
 
     layout = DataLayout(Path(args.data_root))
@@ -96,13 +98,17 @@ def load_app(args: argparse.Namespace, tracking_uri: str, registered_model: str)
         model = load_query_model(model_uri, args.model_checkpoint, tracking_uri)
     except InputError as exc:
         raise HmpclError(f"cannot load the model ({exc}): {RUN_FIRST}") from exc
+    try:
+        card = model_card(model_uri, args.model_checkpoint, tracking_uri)
+    except InputError:  # the model loaded, so its URI resolved; a registry that moved meanwhile only loses the card
+        card = ModelCard(source=args.model_checkpoint or model_uri)
     searcher = Searcher(model, VectorIndex.load(index_dir, use_gpu=False), pl.read_parquet(layout.hierarchy_path),
                         data_root=layout.root, max_pixels=args.max_pixels)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                     max_inflight_pixels=int(args.max_inflight_mp * 1e6), max_queue=args.max_queue,
                     batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
                     encoder_streams=args.encoder_streams, large_upload_pixels=int(args.large_upload_mp * 1e6))
-    return create_app(searcher, layout, limits=limits), model_uri if not args.model_checkpoint else args.model_checkpoint, index_dir
+    return create_app(searcher, layout, limits=limits, model_card=card), card, index_dir
 
 
 def serve(args: argparse.Namespace, tracking_uri: str, registered_model: str) -> str:
@@ -110,10 +116,10 @@ def serve(args: argparse.Namespace, tracking_uri: str, registered_model: str) ->
     check_host(args.host, args.allow_remote)
     if not 0 < args.port < 65536:
         raise HmpclError(f"--port must be 1..65535, got {args.port}")
-    app, model, index_dir = load_app(args, tracking_uri, registered_model)
+    app, card, index_dir = load_app(args, tracking_uri, registered_model)
     import uvicorn
 
-    print(f"hmpcl serve: model {model}, index {index_dir}\n"
+    print(f"hmpcl serve: model {card.summary()}\nhmpcl serve: index {index_dir}\n"
           f"hmpcl serve: open http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info", server_header=False)
     return "hmpcl serve: stopped"

@@ -17,6 +17,7 @@ from typing import Callable
 import polars as pl
 
 from hmpcl_lib import tracking
+from hmpcl_lib.tracking.model_source import DATA_SOURCE_TAG
 from hmpcl_lib.io import atomic_dir, file_sha256
 from hmpcl_lib.retrieval.evaluation import PROTOCOLS
 from hmpcl_lib.splits import split_rows
@@ -62,9 +63,12 @@ def train_fingerprint(config, hierarchy_path: str | Path, splits_path: str | Pat
 
 def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, out_dir: str | Path,
                   cfg: tracking.TrackingConfig, variant: str | None = None,
-                  on_metrics: MetricsCallback | None = None, reuse: bool = True) -> TrainedModel:
+                  on_metrics: MetricsCallback | None = None, reuse: bool = True,
+                  data_source: str | None = None) -> TrainedModel:
     """Train an encoder on the train split and log params, metrics, checkpoint and model to one MLflow run, with
-    the hierarchy and splits tables as its datasets (digest: the file's SHA-256) and MLflow's system metrics."""
+    the hierarchy and splits tables as its datasets (digest: the file's SHA-256) and MLflow's system metrics.
+    `data_source` ("sample" | "deeppatent2", the pipeline's store) becomes the run's `hmpcl.data_source` tag, which
+    the model card of `hmpcl serve` reads (not part of the fingerprint: the tables already identify the data)."""
     import mlflow
 
     from hmpcl_lib.train.loop import train
@@ -83,7 +87,9 @@ def train_tracked(config, hierarchy_path: str | Path, splits_path: str | Path, o
     rows = train_rows(hierarchy, splits)
     out_dir = Path(out_dir) / fp
     with tracking.start_run(cfg, run_name=f"train-{variant}", fp=fp,
-                            tags={"hmpcl.stage": "train", "hmpcl.variant": variant}, system_metrics=True) as run:
+                            tags={"hmpcl.stage": "train", "hmpcl.variant": variant,
+                                  **({DATA_SOURCE_TAG: data_source} if data_source else {})},
+                            system_metrics=True) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         tracking.log_dataset(hierarchy_path, "training", hierarchy)
         tracking.log_dataset(splits_path, "training", splits)

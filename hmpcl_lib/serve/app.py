@@ -10,7 +10,8 @@ Routes (one code path, `SearchService.run`, behind the page and the API):
     POST /api/search?k=&class=               JSON results for an uploaded image (raw body)
     GET  /thumb/{drawing_id}                 small PNG of a corpus drawing (looked up by id in the hierarchy table)
     GET  /healthz                            {"status": "ok", "drawings": N, "index": N, "batches": forward
-                                             passes so far, "batched_queries": queries they embedded}
+                                             passes so far, "batched_queries": queries they embedded, "model": what
+                                             the model was trained on (its card; the page's footer says the same)}
 
 Uploads are read in memory up to `Limits.max_upload_bytes` (413 beyond, from Content-Length or while reading),
 decoded only when their header is one of `UPLOAD_FORMATS` (415 otherwise) and at most `max_pixels` (413); nothing
@@ -48,6 +49,7 @@ from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit, low_priority_exe
 from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage, header_pixels
 from hmpcl_lib.retrieval.search import Searcher, encoder_batcher
 from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
+from hmpcl_lib.tracking.model_source import ModelCard
 from hmpcl_lib.retrieval.limits import Limits
 
 HERE = Path(__file__).parent
@@ -285,9 +287,10 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
 
 
 def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None = None,
-               limits: Limits | None = None, title: str = "hmpcl drawing search") -> FastAPI:
+               limits: Limits | None = None, title: str = "hmpcl drawing search",
+               model_card: ModelCard | None = None) -> FastAPI:
     """The web app over `searcher`; `catalog` (default: from `searcher.hierarchy` and the layout) names and shows
-    the drawings."""
+    the drawings; `model_card` (what the model was trained on) is the page's footer and part of /healthz."""
     limits = limits or Limits()
     if catalog is None:
         hierarchy = (pl.read_parquet(layout.hierarchy_path) if layout.hierarchy_path.is_file()
@@ -305,9 +308,9 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
     app.state.service = service
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)
-    _add_page_routes(app, service, title)
+    _add_page_routes(app, service, title, model_card)
     _add_api_routes(app, service)
-    _add_corpus_routes(app, service)
+    _add_corpus_routes(app, service, model_card)
     return app
 
 
@@ -335,7 +338,7 @@ async def _drawing(service: SearchService, request: Request, missing: str) -> Ou
     return await service.run(query, decode, k, class_code)
 
 
-def _add_page_routes(app: FastAPI, service: SearchService, title: str) -> None:
+def _add_page_routes(app: FastAPI, service: SearchService, title: str, card: ModelCard | None) -> None:
     """GET / (the page), GET /search (results page for a corpus drawing), POST /search (results fragment)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     catalog, limits = service.catalog, service.limits
@@ -345,7 +348,8 @@ def _add_page_routes(app: FastAPI, service: SearchService, title: str) -> None:
         return {"title": title, "classes": catalog.classes(), "examples": catalog.examples(),
                 "limits": limits, "drawings": len(catalog), "k_value": params.get("k") or limits.default_k,
                 "class_value": params.get("class") or "", "drawing_value": params.get("drawing_id") or "",
-                "formats": UPLOAD_FORMATS, "outcome": None, "error": None, **extra}
+                "formats": UPLOAD_FORMATS, "outcome": None, "error": None,
+                "model_summary": card.summary() if card else None, "model_demo": bool(card and card.demo), **extra}
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request):
@@ -389,7 +393,7 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
         return await answer(_upload(service, request))
 
 
-def _add_corpus_routes(app: FastAPI, service: SearchService) -> None:
+def _add_corpus_routes(app: FastAPI, service: SearchService, card: ModelCard | None) -> None:
     """GET /thumb/{drawing_id} (a small PNG, by id only) and GET /healthz."""
     catalog = service.catalog
 
@@ -407,4 +411,5 @@ def _add_corpus_routes(app: FastAPI, service: SearchService) -> None:
     @app.get("/healthz")
     def healthz():
         return {"status": "ok", "drawings": len(catalog), "index": len(service.searcher.index),
-                "batches": service.batcher.batches, "batched_queries": service.batcher.items}
+                "batches": service.batcher.batches, "batched_queries": service.batcher.items,
+                "model": card.summary() if card else None}

@@ -1,5 +1,5 @@
-"""The training asset: fine-tune the encoder with the hierarchical (or baseline) loss, tracked in MLflow, run out of
-process through Dagster Pipes (see pipelines/launchers.py and docs/DEPLOY.md)."""
+"""The training asset: fine-tune the encoder with the baseline loss (the default since issue 28) or the hierarchical
+one, tracked in MLflow, run out of process through Dagster Pipes (see pipelines/launchers.py and docs/DEPLOY.md)."""
 
 
 import dataclasses
@@ -46,6 +46,7 @@ def train_through_launcher(context: dg.AssetExecutionContext, train_config: Trai
         "tracking": dataclasses.asdict(tracking_cfg),
         "variant": variant,
         "reuse": True,
+        "data_source": store.source,
     }
     invocation = training_launcher.launch(context, extras)
     reported = invocation.get_materialize_result()
