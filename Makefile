@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export DAGSTER_HOME ?= $(CURDIR)/.dagster
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+DAGSTER_PORT ?= 3000
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export HMPCL_DATA_ROOT ?= $(CURDIR)/data
 export HMPCL_MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && [ -e $(DAGSTER_HOME)/dagster.yaml ] || ln -s $(CURDIR)/dagster_home/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 ## Materialize every asset on the generated sample corpus (prints the model comparison table at the end).
 ## Training settings: make run ARGS="--set epochs=4"
@@ -33,9 +34,9 @@ test: setup
 test-under-load: setup
 	PY=$(PY) bash scripts/test_under_load.sh
 
-## Open the Dagster UI on http://127.0.0.1:3000
+## Open the Dagster UI on http://127.0.0.1:3000 (`dg dev`, as Dagster 1.13 recommends; Ctrl-C stops all it started)
 dev: setup
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg dev -w workspace.yaml --host 127.0.0.1 --port $(DAGSTER_PORT)
 
 ## Open the MLflow UI on http://127.0.0.1:5000
 mlflow: setup
@@ -68,4 +69,4 @@ scale: setup
 	$(PY) benchmarks/scale_bench.py --sizes $(SIZES) --work $(SCALE_WORK)
 
 clean:
-	rm -rf data .dagster mlflow.db mlartifacts
+	rm -rf data mlflow.db mlartifacts && find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -309,7 +309,7 @@ def run_size(n: int, work: Path, pool: list[bytes], real_encoder_max: int, stand
         shutil.rmtree(home)
     src, data, dagster_home = home / "source", home / "data", home / "dagster"
     dagster_home.mkdir(parents=True)
-    (dagster_home / "dagster.yaml").symlink_to(REPO / "dagster.yaml")  # as `make setup` links it
+    (dagster_home / "dagster.yaml").symlink_to(REPO / "dagster_home" / "dagster.yaml")  # as `make setup` links it
     started = time.perf_counter()
     corpus = build_corpus(src, n, pool)
     corpus["seconds"] = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The one Dagster code location of hmpcl (`dagster dev` in the repo root loads it through workspace.yaml).
+"""The one Dagster code location of hmpcl, `hmpcl` (`make dev` runs `dg dev -w workspace.yaml`, which names it).
 
 Assets, checks, jobs, schedules and sensors are found in `pipelines/defs/` by `dg.load_from_defs_folder` (the project
 is declared in pipelines/dg.toml, shipped inside the package so an installed wheel finds it too); the resources

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not os.environ.get("DAGSTER_HOME"):
-        sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/.dagster")
+        sys.exit("DAGSTER_HOME is not set: use `make run`, or export DAGSTER_HOME=$PWD/dagster_home")
     from pipelines.definitions import defs
     from hmpcl_lib.io import markdown_table
     from pipelines.defs.assets.comparison import variant_partitions

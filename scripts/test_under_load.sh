@@ -14,7 +14,7 @@ RUNS=${RUNS:-3}
 HOGS=${HOGS:-2}
 LOG_DIR=${LOG_DIR:-test-artifacts}
 # the environment `make test` gives the suite (the Makefile's defaults), so a direct run tests the same thing
-export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster}
+export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 export HMPCL_DATA_ROOT=${HMPCL_DATA_ROOT:-$PWD/data}
 export HMPCL_MLFLOW_ARTIFACTS=${HMPCL_MLFLOW_ARTIFACTS:-$PWD/mlartifacts}

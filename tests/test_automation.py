@@ -264,7 +264,7 @@ def test_jobs_select_the_documented_assets():
 
 def test_dagster_definitions_validate(tmp_path):
     """The CLI check users and CI run; with the project's dagster.yaml as instance config."""
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "HMPCL_DATA_ROOT": str(tmp_path / "data"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     dagster = Path(sys.executable).with_name("dagster")

@@ -110,7 +110,7 @@ def server_env(tmp_path: Path) -> dict[str, str]:
     """Everything the pipeline writes goes under tmp_path: instance, data, MLflow store and artifacts."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     # "seen" marker of the 'Join the Dagster community' dialog (what dagster._core.nux.set_nux_seen writes): without it
     # a fresh instance pops the dialog over the graph a second after load, and dismissing it would race its timer
     (home / ".nux").mkdir(exist_ok=True)
@@ -185,12 +185,13 @@ def wait_for_run(base: str, asset: str, timeout: float) -> dict:
 
 # ------------------------------------------------------------------------------------------------ tests
 
-def test_dagster_asset_graph_and_materialize_from_ui(page, tmp_path):
-    assert sorted(sum(ASSETS_BY_GROUP.values(), [])) == sorted(ASSETS)
+def start_make_dev(tmp_path: Path) -> tuple[Server, str]:
+    """`make dev` as a user starts it (the Makefile's command, on a free port), its state under tmp_path; returns once
+    the code location has loaded."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = Server([str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
-                     "-w", str(REPO / "workspace.yaml")], server_env(tmp_path), tmp_path / "dagster_dev.log")
+    server = Server(["make", "-s", "-C", str(REPO), "dev", f"DAGSTER_PORT={port}"], server_env(tmp_path),
+                    tmp_path / "dagster_dev.log")
     try:
         server.wait_http(f"{base}/server_info", timeout=180)
         deadline = time.monotonic() + 240
@@ -200,9 +201,51 @@ def test_dagster_asset_graph_and_materialize_from_ui(page, tmp_path):
                                )["workspaceOrError"]["locationEntries"]
             if entry["loadStatus"] == "LOADED":
                 break
-            assert time.monotonic() < deadline, f"code location did not load: {entry}"
+            assert time.monotonic() < deadline, f"code location did not load: {entry}\n{server.log_tail()}"
             time.sleep(1)
         assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry["locationOrLoadError"]
+    except BaseException:
+        server.stop()
+        raise
+    return server, base
+
+
+def test_make_dev_starts_without_warnings_and_ctrl_c_stops_everything_it_started(tmp_path):
+    """No warning about its own configuration (`dg dev` as Dagster 1.13 recommends, the instance config in
+    DAGSTER_HOME, the project's venv active), and Ctrl-C (SIGINT to the terminal's foreground process group) ends
+    make, dg, the webserver, the daemon and the code server. Needs no browser."""
+    import psutil
+
+    server, _ = start_make_dev(tmp_path)
+    session = server.proc.pid  # start_new_session: the session (and group) of every process make dev starts
+    started = [p for p in psutil.process_iter(["pid", "cmdline"]) if _session_of(p.pid) == session]
+    assert len(started) >= 4, [p.info["cmdline"] for p in started]  # make, dg, webserver, daemon, code server...
+    try:
+        os.killpg(session, signal.SIGINT)
+        server.proc.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while left := [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+            assert time.monotonic() < deadline, f"still running after Ctrl-C: {[p.info['cmdline'] for p in left]}"
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    log = server.log.read_text(errors="replace")
+    warnings = [line for line in log.splitlines() if "warn" in line.lower()]
+    assert not warnings, "\n".join(warnings)
+    assert "Shutting down Dagster services" in log
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_dagster_asset_graph_and_materialize_from_ui(page, tmp_path):
+    assert sorted(sum(ASSETS_BY_GROUP.values(), [])) == sorted(ASSETS)
+    server, base = start_make_dev(tmp_path)
+    try:
         assert graphql(base, "{ shouldShowNux }")["shouldShowNux"] is False  # no welcome dialog over the graph
 
         open_asset_graph(page, base)
