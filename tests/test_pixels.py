@@ -217,3 +217,79 @@ def test_build_spans_chunks_and_eval_rows_reads_any_order(table, tmp_path, monke
     np.testing.assert_array_equal(chunked.train, whole.train)
     for rows in ([1, 2, 3], [0], list(range(len(table))), [3, 1, 2], [2, 2], []):
         np.testing.assert_array_equal(chunked.eval_rows(np.array(rows, dtype=np.int64)), chunked.eval[rows])
+
+
+# ------------------------------------------------------------------------------------- real-size sheets (issue 29)
+
+def _sheet(mode: str, size: tuple[int, int] = (1500, 2100), seed: int = 0) -> Image.Image:
+    """A drawing sheet of USPTO's size: black lines and circles on white, in `mode` (transparent background for the
+    alpha and transparent-palette modes)."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", size, 255)
+    pen = ImageDraw.Draw(img)
+    for _ in range(40):
+        x0, y0, x1, y1 = (int(v) for v in rng.integers(0, [size[0], size[1], size[0], size[1]]))
+        pen.line((x0, y0, x1, y1), fill=0, width=int(rng.integers(2, 7)))
+        pen.ellipse((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), outline=0, width=3)
+    if mode in ("RGBA", "LA"):
+        return Image.merge("LA", (Image.new("L", size, 0), Image.eval(img, lambda v: 255 - v))).convert(mode)
+    if mode == "P-transparent":
+        pal = img.convert("P")
+        pal.info["transparency"] = pal.getpixel((0, 0))  # the background's index: transparent white
+        return pal
+    return img.convert(mode)
+
+
+def _full_resolution(img: Image.Image, size: int) -> np.ndarray:
+    """The eval pixels without reduction: grey at full size, padded, one antialiased resize (the PNG eval path)."""
+    from torchvision.transforms import functional as TF
+
+    from hmpcl_lib.modeling.dataset import flatten_drawing
+    from hmpcl_lib.modeling.models import PadToSquare
+
+    return np.asarray(TF.resize(PadToSquare(255)(flatten_drawing(img, "L")), [size, size], antialias=True))
+
+
+@pytest.mark.parametrize("suffix, save", [(".tif", {"compression": "group4"}), (".png", {})])
+def test_a_bilevel_sheet_is_reduced_before_resizing_within_a_stated_tolerance(tmp_path, suffix, save):
+    """A 1,500 x 2,100 bilevel sheet (G4 TIFF as USPTO publishes it, or 1-bit PNG) is box-reduced first; its eval
+    pixels stay within the tolerance of the full-resolution path: mean |diff| <= 1 grey level, <= 2 % of pixels off
+    by more than 8 (on real USPTO sheets: 0.53 and 0.9 %, benchmarks/decode_bench.py)."""
+    size = 128
+    img = _sheet("1")
+    path = tmp_path / f"sheet{suffix}"
+    img.save(path, **save)
+    assert pixels.reduction_factor(img.size, size) == 4  # 2100 // (3 x 167)
+    eval_px, train_px = pixels._decode_one(str(path), "d0", size, train_side(size))
+    assert eval_px.shape == (size, size) and train_px.shape == (train_side(size),) * 2
+    diff = np.abs(eval_px.astype(np.int16) - _full_resolution(img, size).astype(np.int16))
+    assert diff.mean() <= 1.0 and (diff > 8).mean() <= 0.02, (diff.mean(), (diff > 8).mean())
+    assert eval_px.min() < 128 < eval_px.max()  # lines survive the reduction
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "RGB", "RGBA", "LA", "P", "P-transparent", "JPEG"])
+def test_query_and_store_decode_every_mode_to_the_same_pixels(tmp_path, mode):
+    """An upload and the same file in the store get the same eval pixels, whatever the mode; transparent backgrounds
+    become white, never black; and each stays within the tolerance of the full-resolution path."""
+    from hmpcl_lib.retrieval.query_image import query_pixels
+
+    size = 64
+    img = _sheet("L" if mode == "JPEG" else mode, size=(900, 1300))
+    path = tmp_path / ("sheet.jpg" if mode == "JPEG" else "sheet.png")
+    img.save(path, quality=95) if mode == "JPEG" else img.save(path)
+    stored, _ = pixels._decode_one(str(path), "d0", size, train_side(size))
+    np.testing.assert_array_equal(query_pixels(path.read_bytes(), size), stored)
+    assert stored[:, 0].min() == 255 and np.median(stored) >= 200  # the padding (left) and the background: white, not black
+    with Image.open(path) as saved:
+        saved.load()
+        diff = np.abs(stored.astype(np.int16) - _full_resolution(saved, size).astype(np.int16))
+    assert diff.mean() <= 1.0 and (diff > 8).mean() <= 0.02, (diff.mean(), (diff > 8).mean())
+
+
+def test_a_truncated_sheet_names_its_file_and_drawing(tmp_path):
+    path = tmp_path / "sheet.png"
+    _sheet("1").save(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(InputError, match="image cannot be decoded") as info:
+        pixels._decode_one(str(path), "USD0000001-20200101-D00001", 128, train_side(128))
+    assert str(path) in str(info.value) and "USD0000001-20200101-D00001" in str(info.value)

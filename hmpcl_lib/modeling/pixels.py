@@ -4,8 +4,10 @@ Training epochs and embedding runs otherwise decode every PNG again (PIL decode 
 epoch). `ensure_pixel_store(rows, data_root, image_size)` decodes each (drawing_id, image_path) row once into
 
     <data_root>/pixels/<image_size>-<fingerprint[:16]>/
-        eval.npy     uint8 [N, S, S]   S = image_size: exactly the eval transform's pixels (pad to a white square,
-                                       PIL bilinear antialiased resize), so store embeddings equal PNG embeddings
+        eval.npy     uint8 [N, S, S]   S = image_size: the eval transform's pixels (pad to a white square, PIL
+                                       bilinear antialiased resize), so store embeddings equal PNG embeddings; a
+                                       drawing larger than REDUCING_GAP x T (a real 2,600 px sheet) is box-reduced
+                                       by an integer factor first (`decode_grey`), within a grey level of them
         train.npy    uint8 [N, T, T]   T = train_side(image_size) ≈ 1.3 S: room for the training crop (below)
         index.parquet drawing_id, image_path, file_size, mtime_ns (row order = array order)
         meta.json    format, image_size, train_side, margin, count, fingerprint, mode, build time
@@ -52,13 +54,12 @@ import torch.nn.functional as F
 from hmpcl_lib.io import atomic_dir
 from hmpcl_lib.diskspace import pixel_store_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
-from hmpcl_lib.modeling.dataset import load_drawing
 from hmpcl_lib.modeling.models import (PadToSquare, TRAIN_AFFINE_DEGREES, TRAIN_AFFINE_SCALE, TRAIN_AFFINE_TRANSLATE,
                                        TRAIN_CROP_RATIO, TRAIN_CROP_SCALE)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "hmpcl-pixels-v1"
+FORMAT = "hmpcl-pixels-v2"  # v2: sheets larger than REDUCING_GAP x the train side are box-reduced first (decode_grey)
 MODE = "L"
 # side of the stored training pixels over the image size: the smallest training crop is not upscaled (module doc)
 TRAIN_MARGIN = math.sqrt(TRAIN_CROP_RATIO[1] / TRAIN_CROP_SCALE[0])
@@ -69,6 +70,52 @@ _LOG_EVERY_S = 10.0
 def train_side(image_size: int) -> int:
     """Side of the stored training pixels for `image_size` (≈ 1.3 x; see the module doc)."""
     return int(math.ceil(image_size * TRAIN_MARGIN - 1e-9))
+
+
+# Reduce before padding and resizing (as PIL's `Image.resize(reducing_gap=...)` does): a drawing whose longer side is
+# at least REDUCING_GAP x the train side is first shrunk by an integer factor with PIL's box `reduce` (JPEGs are decoded
+# at that scale by `draft`), so the padding and the antialiased resizes touch a fraction of a 2,600 px sheet's pixels
+# and no full-size copy but the decode's own is made. A gap of 3 keeps the pixels within a grey level or two of the
+# full-resolution path on real sheets (tests/test_pixels.py states the tolerance); smaller drawings (the generated
+# sample's 384 px) are not reduced and their pixels are unchanged.
+REDUCING_GAP = 3.0
+
+
+def reduction_factor(size: tuple[int, int], image_size: int) -> int:
+    """The integer box-reduction factor of a (width, height) drawing stored or queried at `image_size`."""
+    return max(1, int(max(size) // (REDUCING_GAP * train_side(image_size))))
+
+
+def decode_grey(img: Image.Image, image_size: int) -> Image.Image:
+    """An opened, not yet loaded PIL image → its grey drawing ("L"), box-reduced by `reduction_factor` and flattened
+    onto white: the one decode of the pixel store and of every query (so query and corpus get the same pixels).
+
+    Memory: at most the decoded image in its own mode plus a reduced copy (no full-size RGBA, composite or padded
+    square): 1 byte per pixel for bilevel and grey sheets, 3 for RGB, 4 for palette or alpha images."""
+    factor = reduction_factor(img.size, image_size)
+    if img.format == "JPEG" and factor > 1:  # decoded at 1/2..1/8 scale straight to luma
+        img.draft("L", (img.width // factor, img.height // factor))
+        factor = reduction_factor(img.size, image_size)
+    img.load()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # alpha onto white, on the reduced image: transparent must not turn black
+        rgba = rgba.reduce(factor) if factor > 1 else rgba
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
+    if img.mode == "RGB":
+        return (img.reduce(factor) if factor > 1 else img).convert("L")
+    grey = img if img.mode == "L" else img.convert("L")  # "1" (bilevel sheets), opaque "P", "I;16", CMYK...
+    return grey.reduce(factor) if factor > 1 else grey.copy()
+
+
+def decode_file(path: str, image_size: int, record: str | int | None = None) -> Image.Image:
+    """`decode_grey` of an image file; an `InputError` naming the file (and the record) when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return decode_grey(img, image_size)
+    except FileNotFoundError as e:
+        raise InputError("image file is missing", source=path, record=record) from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"image cannot be decoded ({type(e).__name__}: {e})", source=path, record=record) from e
 
 
 def pixel_store_root(data_root: str | os.PathLike) -> Path:
@@ -304,7 +351,7 @@ def _decode_one(path: str, record: str, eval_size: int, side: int) -> tuple[np.n
     """One drawing → (eval pixels [S, S], train pixels [T, T]) uint8, exactly as build_transform pads and resizes."""
     from torchvision.transforms import functional as TF
 
-    square = PadToSquare(255)(load_drawing(path, MODE, record=record))
+    square = PadToSquare(255)(decode_file(path, eval_size, record=record))
     small = np.asarray(TF.resize(square, [eval_size, eval_size], antialias=True))
     large = np.asarray(TF.resize(square, [side, side], antialias=True))
     return small, large

@@ -3,8 +3,9 @@ or the MLflow pyfunc.
 
 `query_pixels` works in memory: only the formats in UPLOAD_FORMATS, the pixel count checked from the header (PIL opens
 lazily) before any pixel is decoded, then (holding that many pixels of a `WorkLimit`, when a server passes one) decoded
-straight to one grey channel (a JPEG at reduced scale through PIL's draft mode) and padded and resized exactly as the
-pixel store stores the corpus (`pixels.eval_pixels`): the query and the corpus go through the same pixels. A path
+by the pixel store's own decode (`pixels.decode_grey`: one grey channel, large images box-reduced first and JPEGs
+decoded at reduced scale) and padded and resized exactly as the store stores the corpus (`pixels.eval_pixels`): the
+query and the corpus go through the same pixels. A path
 outside `data_root` (when set) is refused. `ImageTooLarge` and `UnsupportedImage` are the InputErrors a caller may
 want to tell apart (the web app answers 413/415 for them); non-images and truncated files raise InputError naming the
 file. Imports only PIL and numpy at module level, so command-line parsers can read the limits cheaply.
@@ -103,8 +104,7 @@ def query_pixels(
 ) -> np.ndarray:
     """Image bytes → the eval pixels [image_size, image_size] uint8 the encoder takes (see the module doc). With a
     `limit`, the decode holds width x height of its units, so concurrent decodes stay under its pixel budget."""
-    from hmpcl_lib.modeling.dataset import flatten_drawing
-    from hmpcl_lib.modeling.pixels import eval_pixels
+    from hmpcl_lib.modeling.pixels import decode_grey, eval_pixels
 
     if not data:
         raise UnsupportedImage("empty upload: no image bytes", source=source)
@@ -114,10 +114,7 @@ def query_pixels(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data), formats=formats) as img:
-                    if img.format == "JPEG":  # decode at 1/2..1/8 scale straight to luma: a fraction of the memory
-                        img.draft("L", (2 * image_size, 2 * image_size))
-                    img.load()
-                    grey = flatten_drawing(img, "L")
+                    grey = decode_grey(img, image_size)  # the pixel store's own decode (reduced, JPEGs drafted)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", source=source) from exc
         return eval_pixels(grey, image_size)
