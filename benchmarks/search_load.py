@@ -3,8 +3,9 @@ beside the bare batched encoder measured in the same run.
 
 Two phases, each a bounded number of requests:
 1. mixed: `--large-clients` clients each POST `--large-requests` uploads of a `--large-side`² PNG drawing (default
-   7000², 49 MP: just under the 50 MP limit) while `--small-clients` clients each POST `--small-requests` corpus-sized
-   drawings to `/api/search`;
+   7000², 49 MP: just under the 50 MP limit), in turn grey, RGB and palette with a transparent background
+   (`--large-modes`), while `--small-clients` clients each POST `--small-requests` corpus-sized drawings to
+   `/api/search`;
 2. small only, `--rounds` times: `--throughput-clients` clients POST small drawings, for the server's images/s against
    the bare encoder's measured right before each round (this VM's speed drifts within minutes).
 
@@ -15,7 +16,8 @@ the cores each (the server's default on a CPU) at that batch and at half of it. 
 corpus (`benchmarks.demo_corpus`), the model efficientnet_lite0 with its ImageNet weights, saved as a safetensors file
 the server loads with --model-checkpoint.
 
-    python benchmarks/search_load.py                       # the README's table
+    python benchmarks/search_load.py                       # docs/BENCHMARKS.md's table
+    python benchmarks/search_load.py --large-modes RGB --large-requests 3   # issue 30's load: three RGB uploads each
     python benchmarks/search_load.py --large-clients 4 --large-requests 1 --small-clients 2 --small-requests 3 \
         --throughput-clients 2 --throughput-requests 5 --large-side 1500     # a quick check
 """
@@ -43,8 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
-def large_png(side: int) -> bytes:
-    """A side x side grey line drawing as PNG (mostly white: a few MB at most, like a scanned sheet)."""
+LARGE_MODES = ("L", "RGB", "P")  # grey, RGB and palette PNGs (the palette one with a transparent background)
+
+
+def large_png(side: int, mode: str = "L") -> bytes:
+    """A side x side line drawing as PNG in `mode` (mostly white: a few MB at most, like a scanned sheet). "P" is a
+    palette image whose white background is its transparent index, as some exports write them."""
     from PIL import Image, ImageDraw
 
     img = Image.new("L", (side, side), 255)
@@ -53,7 +59,11 @@ def large_png(side: int) -> bytes:
     for _ in range(60):
         pen.line([tuple(int(v) for v in rng.integers(0, side, 2)) for _ in range(2)], fill=0, width=max(2, side // 500))
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
+    if mode == "P":
+        img = img.convert("P")
+        img.save(buf, format="PNG", compress_level=6, transparency=img.getpixel((0, 0)))
+    else:
+        img.convert(mode).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -214,8 +224,10 @@ def ceilings(model, drawings: list[bytes], batch: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--large-clients", type=int, default=32)
-    p.add_argument("--large-requests", type=int, default=2)
+    p.add_argument("--large-requests", type=int, default=3)  # one upload of each mode per client
     p.add_argument("--large-side", type=int, default=7000)
+    p.add_argument("--large-modes", nargs="+", default=list(LARGE_MODES), choices=LARGE_MODES,
+                   help="the large uploads' PNG modes; each large client sends them in turn (default: all three)")
     p.add_argument("--small-clients", type=int, default=8)
     p.add_argument("--small-requests", type=int, default=20)
     p.add_argument("--throughput-clients", type=int, default=16)
@@ -224,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32, help="the server's --batch-size")
     p.add_argument("--server-args", default="", help="more `hmpcl serve` flags, e.g. '--max-inflight-mp 50'")
+    p.add_argument("--json-out", type=Path, default=None,
+                   help="also write the server's idle and peak RSS and every phase's status counts here (JSON)")
     p.add_argument("--server-threads", type=int, default=None,
                    help="torch threads of the server (OMP_NUM_THREADS; default: torch's own, the cores)")
     args = p.parse_args(argv)
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_searcher(layout, model, index_dir)
         weights = save_encoder_safetensors(model, Path(tmp) / "encoder.safetensors")
         small = [Path(x).read_bytes() for x in pl.read_parquet(layout.hierarchy_path)["image_path"].to_list()]
-        big = large_png(args.large_side)
+        big = [large_png(args.large_side, mode) for mode in args.large_modes]
         ceiling_batch = min(32, args.throughput_clients)  # the largest batch the clients can form (whatever the
         # server's --batch-size: a smaller server batch does not lower the bar)
         port = free_port()
@@ -269,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             path = "/api/search?k=12"
             idle_kib = vmhwm_kib(server.pid)
             mixed, mixed_s, _ = run_clients(port, path, {
-                f"large {args.large_side}² PNG ({len(big) / 2**20:.1f} MB)": (args.large_clients, args.large_requests, [big]),
+                f"large {args.large_side}² PNG ({'/'.join(args.large_modes)}; "
+                f"{'/'.join(f'{len(b) / 2**20:.1f}' for b in big)} MB)": (args.large_clients, args.large_requests, big),
                 "small drawing": (args.small_clients, args.small_requests, small)})
             peak_kib = vmhwm_kib(server.pid)
             rounds = []  # (ceiling, served images/s, seconds, outcomes, passes, queries batched, client/server CPU s)
@@ -288,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+    if args.json_out is not None:
+        phases = {"mixed": mixed, **{f"round {i}": r[3] for i, r in enumerate(rounds, start=1)}}
+        args.json_out.write_text(json.dumps({"idle_kib": idle_kib, "peak_kib": peak_kib, "statuses": {
+            phase: {name: dict(Counter(str(s) for s, _, _ in outcomes)) for name, outcomes in results.items()}
+            for phase, results in phases.items()}}, indent=1))
     rows = ["| phase | requests of | n | requests/s | p50 ms | p95 ms | p95 ms in the server's decode + embed | statuses |",
             "|---|---|---:|---:|---:|---:|---:|---|"]
     rows += summarise(f"{args.large_clients} large + {args.small_clients} small clients", mixed, mixed_s)
@@ -295,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += summarise(f"{args.throughput_clients} small clients, round {i}", outcomes, seconds)
     print("\n".join(rows))
     print(f"\nserver peak RSS (VmHWM): {peak_kib / 2**20:.2f} GiB after the mixed phase "
-          f"({idle_kib / 2**20:.2f} GiB when ready)\n")
+          f"({idle_kib / 2**20:.2f} GiB when ready: + {(peak_kib - idle_kib) / 2**20:.2f} GiB; the bound is + 1 GiB)\n")
     layouts = list(rounds[0][0])
     print("| round | " + " | ".join(f"bare: {name}" for name in layouts) + " | server images/s | ratio to the best bare "
           "| forward passes | queries per pass | load generator CPU | server CPU ms per query |\n|---:|"

@@ -293,3 +293,22 @@ def test_a_truncated_sheet_names_its_file_and_drawing(tmp_path):
     with pytest.raises(InputError, match="image cannot be decoded") as info:
         pixels._decode_one(str(path), "USD0000001-20200101-D00001", 128, train_side(128))
     assert str(path) in str(info.value) and "USD0000001-20200101-D00001" in str(info.value)
+
+
+def test_a_palette_with_alpha_per_index_is_flattened_onto_white_like_its_rgba(tmp_path):
+    """tRNS with an alpha per palette index (half-transparent greys): the palette route equals compositing the RGBA
+    image onto white, within a grey level of rounding, without making the RGBA copy."""
+    from hmpcl_lib.modeling.dataset import flatten_drawing
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 4, (40, 60), dtype=np.uint8), "P")
+    img.putpalette([0, 0, 0, 90, 30, 200, 255, 255, 255, 200, 100, 0])
+    path = tmp_path / "alpha.png"
+    img.save(path, transparency=bytes([255, 128, 0, 40]))
+    with Image.open(path) as saved:
+        assert isinstance(saved.info["transparency"], bytes)
+        grey = np.asarray(pixels.decode_grey(saved, 128))
+    with Image.open(path) as saved:
+        saved.load()
+        reference = np.asarray(flatten_drawing(saved, "L"))
+    assert np.abs(grey.astype(np.int16) - reference).max() <= 1

@@ -90,21 +90,47 @@ def decode_grey(img: Image.Image, image_size: int) -> Image.Image:
     """An opened, not yet loaded PIL image → its grey drawing ("L"), box-reduced by `reduction_factor` and flattened
     onto white: the one decode of the pixel store and of every query (so query and corpus get the same pixels).
 
-    Memory: at most the decoded image in its own mode plus a reduced copy (no full-size RGBA, composite or padded
-    square): 1 byte per pixel for bilevel and grey sheets, 3 for RGB, 4 for palette or alpha images."""
+    Memory: the decoded image in its own mode plus at most one full-size grey copy (no full-size RGBA, composite or
+    padded square): 1-2 bytes per pixel for bilevel, grey and palette images, 4 for RGB and alpha images (Pillow
+    holds them in 32 bits)."""
     factor = reduction_factor(img.size, image_size)
     if img.format == "JPEG" and factor > 1:  # decoded at 1/2..1/8 scale straight to luma
         img.draft("L", (img.width // factor, img.height // factor))
         factor = reduction_factor(img.size, image_size)
     img.load()
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")  # alpha onto white, on the reduced image: transparent must not turn black
-        rgba = rgba.reduce(factor) if factor > 1 else rgba
+    if img.mode == "P" and "transparency" in img.info:  # onto white through the palette: one byte per pixel
+        img = _palette_onto_white(img)
+    if img.mode in ("RGBA", "LA", "PA"):  # alpha onto white, after the reduction: transparent must not turn black
+        small = img.reduce(factor) if factor > 1 and img.mode != "PA" else img
+        rgba = small.convert("RGBA")
+        rgba = rgba.reduce(factor) if factor > 1 and img.mode == "PA" else rgba
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
     if img.mode == "RGB":
         return (img.reduce(factor) if factor > 1 else img).convert("L")
     grey = img if img.mode == "L" else img.convert("L")  # "1" (bilevel sheets), opaque "P", "I;16", CMYK...
     return grey.reduce(factor) if factor > 1 else grey.copy()
+
+
+def _palette_onto_white(img: Image.Image) -> Image.Image:
+    """A palette image with transparency (one index, or an alpha per index) as an opaque palette image of greys, each
+    entry its colour's luma (ITU-R 601, as PIL's "L") composited onto white by its alpha: the drawing flattened onto
+    white without an RGBA copy of it."""
+    rgb = img.getpalette("RGB") or []
+    n = len(rgb) // 3
+    alpha = [255] * n
+    transparency = img.info.get("transparency")
+    if isinstance(transparency, int) and transparency < n:
+        alpha[transparency] = 0
+    elif isinstance(transparency, (bytes, bytearray)):
+        alpha[:len(transparency)] = list(transparency[:n])
+    greys = []
+    for i in range(n):
+        r, g, b = rgb[3 * i:3 * i + 3]
+        luma = (r * 299 + g * 587 + b * 114) / 1000
+        greys.append(int(round(luma * alpha[i] / 255 + 255 * (255 - alpha[i]) / 255)))
+    img.putpalette([v for grey in greys for v in (grey, grey, grey)])  # the caller's own opened image: no copy
+    img.info.pop("transparency", None)
+    return img
 
 
 def decode_file(path: str, image_size: int, record: str | int | None = None) -> Image.Image:

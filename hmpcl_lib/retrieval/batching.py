@@ -76,6 +76,26 @@ class WorkLimit:
                 self._cond.notify_all()
 
 
+def return_large_frees_to_the_os(threshold: int = 1 << 20) -> bool:
+    """glibc only: every allocation of `threshold` bytes or more is its own mapping, unmapped when freed (mallopt
+    M_MMAP_THRESHOLD set explicitly, which also stops glibc from raising it after the first large free). Decoded image
+    blocks (Pillow allocates an image as blocks of up to 16 MB) then leave the process when their request ends;
+    otherwise they stay in the malloc arena of the thread that decoded them, and a server whose many decode threads
+    each once held a large upload keeps their sum (issue 30: 1.85 GiB above idle under 96 uploads of 49 MP). Returns
+    whether the setting took (False elsewhere: nothing to do)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl has no such arenas)
+        return False
+    m_mmap_threshold = -3  # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+
+
 def low_priority_executor(threads: int, niceness: int = 10, name: str = "low-priority"):
     """A thread pool whose threads run at a lower OS scheduling priority (Linux: `niceness` added to each thread's
     nice value, which Linux keeps per thread), for long CPU work that must not slow the short requests beside it:
