@@ -11,8 +11,10 @@ store per N, exactly as `make run` does on the sample but with `HMPCL_SOURCE=dee
     decoded_drawings → trained_encoder (a short training: not part of the curve) → corpus_embeddings →
     gallery_index → retrieval_benchmark (both protocols) → champion_model
 
-Every PNG is a byte copy of one of `--pool` drawings rendered by the sample generator (decoding, parsing and indexing
-cost does not depend on the picture; the labels do not match the pictures, so the benchmark's figures here are cost,
+Every PNG is a byte copy of one of `--pool` drawings rendered by the sample generator, by default as drawing sheets of
+USPTO's size (`--drawings sheet`: bilevel 1-bit PNG, 1,000-2,000 px wide on a page 1.4 times as tall; `--drawings
+sample` is the generator's 384 px grey PNG, what docs/SCALE.md's 2026-12-03 tables used) (parsing and indexing
+cost does not depend on the picture, decoding does; the labels do not match the pictures, so the benchmark's figures here are cost,
 not quality). Above `--real-encoder-max` drawings the encoder is a cheap stand-in (`--standin`, random weights, same
 128 px pixel store and 256-d head) so that index and benchmark see N real-sized vectors; the real encoder's cost at
 that N is computed from its measured rate.
@@ -63,16 +65,34 @@ ALGORITHMIC = {"retrieval_benchmark": (2.0, "exact search: queries x gallery, bo
 # ---------------------------------------------------------------------------------------------------- the corpus
 
 
-def render_pool(size: int, png_size: int, seed: int = 0) -> list[bytes]:
-    """`size` distinct PNGs of the sample generator (patents of every class, their views in turn)."""
+DRAWINGS = ("sheet", "sample")  # the corpus's drawings: USPTO sheet size (default) or the sample generator's own
+
+
+def render_pool(size: int, png_size: int, seed: int = 0, drawings: str = "sample") -> list[bytes]:
+    """`size` distinct PNGs of the sample generator (patents of every class, their views in turn). "sample": square
+    grey PNGs of `png_size` px, as `make run` uses (≈ 3.3 KB at 384 px). "sheet": drawing sheets as USPTO publishes
+    them (issue 29): the view drawn at 1,000-2,000 px on a portrait page 1.4 times as tall, bilevel, saved as 1-bit
+    PNG (tens of KB, like DeepPatent2's PNGs; `png_size` is then ignored)."""
+    from PIL import Image
+
     from hmpcl_lib.sample import SampleSpec, render_drawing, sample_patents
 
+    if drawings not in DRAWINGS:
+        raise ValueError(f"drawings must be one of {DRAWINGS}, got {drawings!r}")
+    rng = random.Random(seed)
     spec = SampleSpec(image_size=png_size, seed=seed, patents_per_subclass=max(1, math.ceil(size / 32 / 6)))
     pool = []
     for patent in sample_patents(spec).iter_rows(named=True):
         for view in range(patent["n_views"]):
             buf = io.BytesIO()
-            render_drawing(spec, patent, view).save(buf, format="PNG")
+            if drawings == "sample":
+                render_drawing(spec, patent, view).save(buf, format="PNG")
+            else:
+                side = rng.randrange(1000, 2001)
+                sheet_spec = SampleSpec(image_size=side, seed=seed, patents_per_subclass=spec.patents_per_subclass)
+                page = Image.new("L", (side, int(side * 1.4)), 255)
+                page.paste(render_drawing(sheet_spec, patent, view).convert("L"), (0, int(side * 0.2)))
+                page.point(lambda v: 255 if v >= 128 else 0).convert("1").save(buf, format="PNG", optimize=True)
             pool.append(buf.getvalue())
             if len(pool) == size:
                 return pool
@@ -474,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 6000])
     parser.add_argument("--work", type=Path, default=REPO / "data" / "scale", help="corpora and runs (big disk)")
     parser.add_argument("--pool", type=int, default=1000, help="distinct rendered drawings the corpus copies")
-    parser.add_argument("--png-size", type=int, default=384, help="rendered drawing side, px")
+    parser.add_argument("--png-size", type=int, default=384, help="rendered drawing side, px (--drawings sample)")
+    parser.add_argument("--drawings", choices=DRAWINGS, default="sheet",
+                        help="sheet: bilevel 1-bit PNG sheets of USPTO's size (1,000-2,000 x 1,400-2,800 px; the "
+                             "default); sample: the generator's 384 px grey PNGs (docs/SCALE.md's 2026-12-03 tables)")
     parser.add_argument("--real-encoder-max", type=int, default=30_000,
                         help="above this N, embed with --standin (its cost reported; the real one's computed)")
     parser.add_argument("--standin", default="mobilenetv3_small_050", help="timm name of the cheap stand-in encoder")
@@ -492,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, args.plot or args.work / "scale.png")
         return 0
     started = time.perf_counter()
-    pool = render_pool(args.pool, args.png_size)
+    pool = render_pool(args.pool, args.png_size, drawings=args.drawings)
     print(f"pool: {len(pool)} drawings rendered in {time.perf_counter() - started:.0f} s "
           f"({sum(map(len, pool)) / len(pool):,.0f} bytes per PNG)", flush=True)
     saved = args.work / "scale.json"

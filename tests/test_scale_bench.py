@@ -78,3 +78,21 @@ def test_exponents_and_the_projection_follow_their_formulas(scale, tmp_path):
     assert hours["corpus_embeddings"] == pytest.approx(round(scale.REAL_SIZE / 100 / 3600, 2), abs=0.01)
     assert (tmp_path / "scale.md").read_text().strip() == text.strip()
     assert "| pixel store | 44,000 |" in text and math.isclose(44_000 * scale.REAL_SIZE / 2**30, 110.6, abs_tol=0.1)
+
+
+def test_sheet_drawings_are_bilevel_pngs_of_uspto_size(scale):
+    """`--drawings sheet` (the default): 1-bit PNG pages 1,000-2,000 px wide and 1.4 times as tall, a drawing on them."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pool = scale.render_pool(3, png_size=64, drawings="sheet")
+    for png in pool:
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.format == "PNG" and img.mode == "1"
+            assert 1000 <= img.width <= 2000 and img.height == int(img.width * 1.4)
+            ink = 1 - np.asarray(img, dtype=np.float32).mean()
+            assert 0.001 < ink < 0.5  # black lines on white
+    with pytest.raises(ValueError, match="drawings must be one of"):
+        scale.render_pool(1, png_size=64, drawings="tiff")

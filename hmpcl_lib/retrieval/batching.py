@@ -76,24 +76,30 @@ class WorkLimit:
                 self._cond.notify_all()
 
 
-def return_large_frees_to_the_os(threshold: int = 1 << 20) -> bool:
-    """glibc only: every allocation of `threshold` bytes or more is its own mapping, unmapped when freed (mallopt
-    M_MMAP_THRESHOLD set explicitly, which also stops glibc from raising it after the first large free). Decoded image
-    blocks (Pillow allocates an image as blocks of up to 16 MB) then leave the process when their request ends;
-    otherwise they stay in the malloc arena of the thread that decoded them, and a server whose many decode threads
-    each once held a large upload keeps their sum (issue 30: 1.85 GiB above idle under 96 uploads of 49 MP). Returns
-    whether the setting took (False elsewhere: nothing to do)."""
-    import ctypes
+def release_freed_memory() -> bool:
+    """glibc only: hand the free memory of every malloc arena back to the OS (`malloc_trim(0)`). A large decode's
+    image blocks (Pillow allocates an image as blocks of up to 16 MB) are freed when the request ends, but they stay
+    in the malloc arena of the thread that decoded them, so a server whose many decode threads each once held a large
+    upload keeps their sum (issue 30: 1.85 GiB above idle under 96 uploads of 49 MP). Called after each large decode
+    (`query_image.query_pixels`); a few ms against the seconds of such a decode, and nothing for small queries, whose
+    allocations (and the encoder's) keep glibc's fast path. Returns whether it ran (False elsewhere)."""
     import sys
 
     if not sys.platform.startswith("linux"):
         return False
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) >= 0)
+
+
+def _glibc():
+    import ctypes
+
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl has no such arenas)
-        return False
-    m_mmap_threshold = -3  # malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+        libc.malloc_trim  # noqa: B018 (musl and others have no malloc_trim)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def low_priority_executor(threads: int, niceness: int = 10, name: str = "low-priority"):

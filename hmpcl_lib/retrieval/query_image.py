@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from hmpcl_lib.retrieval.batching import WorkLimit
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# after decoding an image of at least this many pixels, the freed memory goes back to the OS (batching.py's
+# `release_freed_memory`): a server's decode threads then do not each keep the largest image they ever decoded
+RELEASE_AFTER_PIXELS = 4_000_000
 # What an upload may be: PIL decodes many more formats (some through external programs, e.g. EPS via Ghostscript).
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 
@@ -117,7 +120,13 @@ def query_pixels(
                     grey = decode_grey(img, image_size)  # the pixel store's own decode (reduced, JPEGs drafted)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", source=source) from exc
-        return eval_pixels(grey, image_size)
+        pixels = eval_pixels(grey, image_size)
+        del grey, img
+    if width * height >= RELEASE_AFTER_PIXELS:
+        from hmpcl_lib.retrieval.batching import release_freed_memory
+
+        release_freed_memory()
+    return pixels
 
 
 def read_query_file(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> bytes:

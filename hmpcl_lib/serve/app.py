@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.layout import DataLayout
-from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit, low_priority_executor, return_large_frees_to_the_os
+from hmpcl_lib.retrieval.batching import Overloaded, WorkLimit, low_priority_executor
 from hmpcl_lib.retrieval.query_image import UPLOAD_FORMATS, ImageTooLarge, UnsupportedImage, header_pixels
 from hmpcl_lib.retrieval.search import Searcher, encoder_batcher
 from hmpcl_lib.serve.catalog import CATALOG_COLUMNS, Catalog
@@ -103,7 +103,6 @@ class SearchService:
         classes = np.array([""] + catalog.table["class_code"].fill_null("").to_list(), dtype=object)
         self._class_at = classes[self._row_at + 1]
         self.limit = WorkLimit(max(limits.max_inflight_pixels, searcher.max_pixels), limits.max_queue)
-        return_large_frees_to_the_os()  # a decoded upload's memory leaves with its request (not kept per thread)
         self.batcher = encoder_batcher(lambda pixels: list(searcher.embed_pixels(np.stack(pixels))), searcher.device,
                                        limits.batch_size, limits.batch_window_ms, limits.encoder_streams)
         self.large_lane = (low_priority_executor(limits.large_decode_threads, name="large-decode")

@@ -103,7 +103,7 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from hmpcl_lib.modeling.models import IMAGENET_MEAN, IMAGENET_STD, load_encoder
-        from hmpcl_lib.retrieval.batching import WorkLimit, return_large_frees_to_the_os
+        from hmpcl_lib.retrieval.batching import WorkLimit
         from hmpcl_lib.retrieval.limits import Limits
         from hmpcl_lib.retrieval.query_image import DEFAULT_MAX_PIXELS
         from hmpcl_lib.retrieval.search import encoder_batcher
@@ -119,7 +119,6 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         budget = int(config.get("max_inflight_pixels") or os.environ.get(MAX_INFLIGHT_ENV) or 2 * self.max_pixels)
         waiting = int(config.get("max_queue") or os.environ.get(MAX_QUEUE_ENV) or Limits.max_queue)
         self.limit = WorkLimit(max(budget, self.max_pixels), queue=waiting)
-        return_large_frees_to_the_os()  # decoded uploads' memory leaves with their request (batching.py)
         self.batcher = encoder_batcher(self._embed, "cpu", Limits.batch_size, Limits.batch_window_ms,
                                        Limits.encoder_streams, name="hmpcl-pyfunc-batcher")  # the page's defaults
 
