@@ -82,7 +82,7 @@ def test_the_mlflow_run_exists_and_holds_the_training(env):
 def test_logs_from_the_child_process_arrived(env):
     result = env["result"]
     messages = [r.user_message for r in env["instance"].all_logs(result.run_id)]
-    assert any("training hierarchical" in m and "pid" in m for m in messages), messages
+    assert any(f"training {TrainConfig().loss}" in m and "pid" in m for m in messages), messages
     assert any("epoch_loss=" in m for m in messages)
     assert any("launching training" in m and "pipelines.pipes_train" in m for m in messages)
 

@@ -415,17 +415,18 @@ def test_the_model_card_says_what_the_model_was_trained_on(tmp_path, corpus):
 
     from hmpcl_lib.tracking.model_source import DATA_SOURCE_TAG, model_card
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
+    from hmpcl_lib import tracking
+
+    cfg = tracking.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                  artifact_root=str(tmp_path / "artifacts"))
+    uri = cfg.tracking_uri
     runs = {}
     for source in ("sample", "deeppatent2", None):
-        with mlflow.start_run(run_name="train-baseline",
-                              tags={DATA_SOURCE_TAG: source} if source else {}) as run:
+        with tracking.start_run(cfg, "train-baseline", tags={DATA_SOURCE_TAG: source} if source else {}) as run:
             mlflow.log_params({"loss": "baseline", "train_drawings": 1356})
         runs[source] = run.info.run_id
-    with mlflow.start_run(run_name="pretrained", tags={"hmpcl.stage": "pretrained"}) as run:
+    with tracking.start_run(cfg, "pretrained", tags={"hmpcl.stage": "pretrained"}) as run:
         runs["pretrained"] = run.info.run_id
-    mlflow.set_tracking_uri(None)
 
     sample = model_card(f"runs:/{runs['sample']}/model", None, uri)
     assert sample.demo and (sample.loss, sample.train_drawings, sample.run_name) == ("baseline", 1356, "train-baseline")

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image accepted (pixels)")
     p.add_argument("--max-inflight-mp", type=float, default=Limits.max_inflight_pixels / 1e6,
                    help="megapixels of queries decoded at once, over all requests (default %(default)g: two images at "
-                        "the pixel limit; memory ≈ 5 bytes per pixel)")
+                        "the pixel limit; memory ≤ 4 bytes per pixel)")
     p.add_argument("--max-queue", type=int, default=Limits.max_queue,
                    help="requests waiting for decode room before new ones get 503 + Retry-After (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=Limits.batch_size,

@@ -14,8 +14,8 @@ class Limits:
     default_k: int = 12
     filter_factor: int = 10  # candidates searched per wanted result when a class filter is set
     max_candidates: int = 10_000
-    # decode budget over all requests, in pixels (at most ≈ 5 bytes each while decoding, `pixels.decode_grey`: 1 for
-    # grey and bilevel, 4 for RGB, which Pillow holds in 32 bits, 5 for a palette with transparency);
+    # decode budget over all requests, in pixels (at most ≈ 4 bytes each while decoding, `pixels.decode_grey`: 1-2
+    # for grey, bilevel and palette images, 4 for RGB and alpha images, which Pillow holds in 32 bits);
     # the default holds two images at the pixel limit, and any number of small ones beside them
     max_inflight_pixels: int = 100_000_000
     max_queue: int = 64  # requests waiting for decode room; more are answered 503 with Retry-After
