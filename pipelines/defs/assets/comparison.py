@@ -5,7 +5,8 @@ under `data/variants/<variant>/`). `model_comparison` only reads the saved resul
 intervals and plots, in Dagster and in its own MLflow run.
 
 A variant is materialized, seen and backfilled like any partition (`compare_variants` job); with the same config
-and data, the hierarchical partition reuses `trained_encoder`'s finished MLflow run instead of training again.
+and data, the partition that trains `trained_encoder`'s config (`baseline`, the default loss) reuses its finished MLflow
+run instead of training again.
 """
 
 import tempfile
