@@ -216,7 +216,18 @@ def test_make_dev_starts_without_warnings_and_ctrl_c_stops_everything_it_started
     make, dg, the webserver, the daemon and the code server. Needs no browser."""
     import psutil
 
-    server, _ = start_make_dev(tmp_path)
+    server, base = start_make_dev(tmp_path)
+    # Ctrl-C when the UI is fully up, as a user would: every daemon has reported healthy (its loop runs, so `dagster
+    # dev`'s own loop, which turns Ctrl-C into the shutdown of its children, runs too). A Ctrl-C within the first
+    # second, while dagster dev still starts its children, was once seen to leave them running (CI, 2026-12-07).
+    deadline = time.monotonic() + 240
+    while True:
+        statuses = graphql(base, "{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"
+                           )["instance"]["daemonHealth"]["allDaemonStatuses"]
+        if statuses and all(d["healthy"] for d in statuses if d["required"]):
+            break
+        assert time.monotonic() < deadline, f"daemons not healthy: {statuses}\n{server.log_tail()}"
+        time.sleep(1)
     session = server.proc.pid  # start_new_session: the session (and group) of every process make dev starts
     started = [p for p in psutil.process_iter(["pid", "cmdline"]) if _session_of(p.pid) == session]
     assert len(started) >= 4, [p.info["cmdline"] for p in started]  # make, dg, webserver, daemon, code server...
