@@ -190,8 +190,12 @@ def start_make_dev(tmp_path: Path) -> tuple[Server, str]:
     the code location has loaded."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = Server(["make", "-s", "-C", str(REPO), "dev", f"DAGSTER_PORT={port}"], server_env(tmp_path),
-                    tmp_path / "dagster_dev.log")
+    # as a terminal's foreground job: SIGINT at its default action, whatever this process inherited (a shell starts
+    # background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler in its children)
+    as_in_a_terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execvp(sys.argv[1], sys.argv[1:])")
+    server = Server([sys.executable, "-c", as_in_a_terminal, "make", "-s", "-C", str(REPO), "dev",
+                     f"DAGSTER_PORT={port}"], server_env(tmp_path), tmp_path / "dagster_dev.log")
     try:
         server.wait_http(f"{base}/server_info", timeout=180)
         deadline = time.monotonic() + 240
@@ -217,9 +221,7 @@ def test_make_dev_starts_without_warnings_and_ctrl_c_stops_everything_it_started
     import psutil
 
     server, base = start_make_dev(tmp_path)
-    # Ctrl-C when the UI is fully up, as a user would: every daemon has reported healthy (its loop runs, so `dagster
-    # dev`'s own loop, which turns Ctrl-C into the shutdown of its children, runs too). A Ctrl-C within the first
-    # second, while dagster dev still starts its children, was once seen to leave them running (CI, 2026-12-07).
+    # Ctrl-C when the UI is fully up, as a user would: every daemon has reported healthy
     deadline = time.monotonic() + 240
     while True:
         statuses = graphql(base, "{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"
