@@ -7,7 +7,8 @@ seeded per sample, which makes augmentation independent of worker count and of w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +24,18 @@ def load_drawing(path: str, mode: str = "RGB", record: str | int | None = None) 
     Grey line drawings become 3 identical channels for RGB (ImageNet) stems; palette/alpha PNGs are flattened
     onto white so transparent backgrounds do not turn black.
     """
+    with open_drawing(path, record) as img:
+        img.load()
+        return flatten_drawing(img, mode)
+
+
+@contextlib.contextmanager
+def open_drawing(path: str, record: str | int | None = None) -> Iterator[Image.Image]:
+    """The opened image file for the block; a missing file, or one that cannot be opened or decoded inside the block,
+    is an InputError naming the file (and the record)."""
     try:
         with Image.open(path) as img:
-            img.load()
-            return flatten_drawing(img, mode)
+            yield img
     except FileNotFoundError as e:
         raise InputError("image file is missing", source=path, record=record) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from hmpcl_lib.io import atomic_dir
 from hmpcl_lib.diskspace import pixel_store_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
+from hmpcl_lib.modeling.dataset import open_drawing
 from hmpcl_lib.modeling.models import (PadToSquare, TRAIN_AFFINE_DEGREES, TRAIN_AFFINE_SCALE, TRAIN_AFFINE_TRANSLATE,
                                        TRAIN_CROP_RATIO, TRAIN_CROP_SCALE)
 
@@ -100,21 +101,25 @@ def decode_grey(img: Image.Image, image_size: int) -> Image.Image:
     img.load()
     if img.mode == "P" and "transparency" in img.info:  # onto white through the palette: one byte per pixel
         img = _palette_onto_white(img)
-    if img.mode in ("RGBA", "LA", "PA"):  # alpha onto white, after the reduction: transparent must not turn black
-        small = img.reduce(factor) if factor > 1 and img.mode != "PA" else img
-        rgba = small.convert("RGBA")
-        rgba = rgba.reduce(factor) if factor > 1 and img.mode == "PA" else rgba
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
+    if img.mode == "PA":  # the one alpha mode `reduce` does not take
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):  # alpha onto white, after the reduction: transparent must not turn black
+        return _onto_white((img.reduce(factor) if factor > 1 else img).convert("RGBA"))
     if img.mode == "RGB":
         return (img.reduce(factor) if factor > 1 else img).convert("L")
     grey = img if img.mode == "L" else img.convert("L")  # "1" (bilevel sheets), opaque "P", "I;16", CMYK...
     return grey.reduce(factor) if factor > 1 else grey.copy()
 
 
+def _onto_white(rgba: Image.Image) -> Image.Image:
+    """An RGBA image composited onto white, as grey ("L")."""
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
+
+
 def _palette_onto_white(img: Image.Image) -> Image.Image:
     """A palette image with transparency (one index, or an alpha per index) as an opaque palette image of greys, each
-    entry its colour's luma (ITU-R 601, as PIL's "L") composited onto white by its alpha: the drawing flattened onto
-    white without an RGBA copy of it."""
+    entry its colour composited onto white by its alpha and taken as luma (`_onto_white` on the palette's n entries):
+    the drawing flattened onto white without an RGBA copy of it."""
     rgb = img.getpalette("RGB") or []
     n = len(rgb) // 3
     alpha = [255] * n
@@ -123,11 +128,9 @@ def _palette_onto_white(img: Image.Image) -> Image.Image:
         alpha[transparency] = 0
     elif isinstance(transparency, (bytes, bytearray)):
         alpha[:len(transparency)] = list(transparency[:n])
-    greys = []
-    for i in range(n):
-        r, g, b = rgb[3 * i:3 * i + 3]
-        luma = (r * 299 + g * 587 + b * 114) / 1000
-        greys.append(int(round(luma * alpha[i] / 255 + 255 * (255 - alpha[i]) / 255)))
+    entries = Image.frombytes("RGB", (n, 1), bytes(rgb[:3 * n])).convert("RGBA")  # the palette as an image
+    entries.putalpha(Image.frombytes("L", (n, 1), bytes(alpha)))
+    greys = _onto_white(entries).tobytes()  # the same composite and luma as an RGBA image gets
     img.putpalette([v for grey in greys for v in (grey, grey, grey)])  # the caller's own opened image: no copy
     img.info.pop("transparency", None)
     return img
@@ -135,13 +138,8 @@ def _palette_onto_white(img: Image.Image) -> Image.Image:
 
 def decode_file(path: str, image_size: int, record: str | int | None = None) -> Image.Image:
     """`decode_grey` of an image file; an `InputError` naming the file (and the record) when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return decode_grey(img, image_size)
-    except FileNotFoundError as e:
-        raise InputError("image file is missing", source=path, record=record) from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"image cannot be decoded ({type(e).__name__}: {e})", source=path, record=record) from e
+    with open_drawing(path, record) as img:
+        return decode_grey(img, image_size)
 
 
 def pixel_store_root(data_root: str | os.PathLike) -> Path:

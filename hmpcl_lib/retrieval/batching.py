@@ -20,6 +20,7 @@ Pure threading: no web framework, no torch (the batched function brings its own)
 
 from __future__ import annotations
 
+import functools
 import queue as queue_module
 import threading
 import time
@@ -91,6 +92,7 @@ def release_freed_memory() -> bool:
     return bool(libc is not None and libc.malloc_trim(0) >= 0)
 
 
+@functools.cache
 def _glibc():
     import ctypes
 

@@ -308,9 +308,10 @@ def create_app(searcher: Searcher, layout: DataLayout, catalog: Catalog | None =
     app.state.service = service
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)
-    _add_page_routes(app, service, title, model_card)
+    model_summary = model_card.summary() if model_card else None  # the card does not change while the app runs
+    _add_page_routes(app, service, title, model_summary, bool(model_card and model_card.demo))
     _add_api_routes(app, service)
-    _add_corpus_routes(app, service, model_card)
+    _add_corpus_routes(app, service, model_summary)
     return app
 
 
@@ -338,7 +339,8 @@ async def _drawing(service: SearchService, request: Request, missing: str) -> Ou
     return await service.run(query, decode, k, class_code)
 
 
-def _add_page_routes(app: FastAPI, service: SearchService, title: str, card: ModelCard | None) -> None:
+def _add_page_routes(app: FastAPI, service: SearchService, title: str, model_summary: str | None,
+                     model_demo: bool) -> None:
     """GET / (the page), GET /search (results page for a corpus drawing), POST /search (results fragment)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     catalog, limits = service.catalog, service.limits
@@ -349,7 +351,7 @@ def _add_page_routes(app: FastAPI, service: SearchService, title: str, card: Mod
                 "limits": limits, "drawings": len(catalog), "k_value": params.get("k") or limits.default_k,
                 "class_value": params.get("class") or "", "drawing_value": params.get("drawing_id") or "",
                 "formats": UPLOAD_FORMATS, "outcome": None, "error": None,
-                "model_summary": card.summary() if card else None, "model_demo": bool(card and card.demo), **extra}
+                "model_summary": model_summary, "model_demo": model_demo, **extra}
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request):
@@ -393,7 +395,7 @@ def _add_api_routes(app: FastAPI, service: SearchService) -> None:
         return await answer(_upload(service, request))
 
 
-def _add_corpus_routes(app: FastAPI, service: SearchService, card: ModelCard | None) -> None:
+def _add_corpus_routes(app: FastAPI, service: SearchService, model_summary: str | None) -> None:
     """GET /thumb/{drawing_id} (a small PNG, by id only) and GET /healthz."""
     catalog = service.catalog
 
@@ -412,4 +414,4 @@ def _add_corpus_routes(app: FastAPI, service: SearchService, card: ModelCard | N
     def healthz():
         return {"status": "ok", "drawings": len(catalog), "index": len(service.searcher.index),
                 "batches": service.batcher.batches, "batched_queries": service.batcher.items,
-                "model": card.summary() if card else None}
+                "model": model_summary}
