@@ -7,9 +7,11 @@ that join into a ZIP holding `design{YYYY}.json` and `Segmented.tar.gz` of PNGs;
 assets one process each (so the peak memory printed, VmHWM, is that stage's) in one Dagster instance and one MLflow
 store per N, exactly as `make run` does on the sample but with `HMPCL_SOURCE=deeppatent2`:
 
-    raw_archives (download, per year) → drawings (extract + parse, per year) → lic_codes → lic_hierarchy → splits →
-    decoded_drawings → trained_encoder (a short training: not part of the curve) → corpus_embeddings →
-    gallery_index → retrieval_benchmark (both protocols) → champion_model
+    raw_archives (download, per year) → drawings (extract + parse, per year) → decoded_drawings (per year) →
+    lic_codes → lic_hierarchy → splits → trained_encoder (a short training: not part of the curve) →
+    corpus_embeddings (per year) → gallery_index → retrieval_benchmark (both protocols) → champion_model
+
+A per-year stage's seconds are the sum over its years and its peak memory the largest year's (one process each).
 
 Every PNG is a byte copy of one of `--pool` drawings rendered by the sample generator, by default as drawing sheets of
 USPTO's size (`--drawings sheet`: bilevel 1-bit PNG, 1,000-2,000 px wide on a page 1.4 times as tall; `--drawings
@@ -48,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 YEARS = (2017, 2018, 2019, 2020)
-STAGES = ["raw_archives", "drawings", "lic_codes", "lic_hierarchy", "splits", "decoded_drawings", "trained_encoder",
+STAGES = ["raw_archives", "drawings", "decoded_drawings", "lic_codes", "lic_hierarchy", "splits", "trained_encoder",
           "corpus_embeddings", "gallery_index", "retrieval_benchmark", "champion_model"]
-PER_YEAR = {"raw_archives", "drawings"}
+PER_YEAR = {"raw_archives", "drawings", "decoded_drawings", "corpus_embeddings"}  # one run per year partition
 NOT_IN_CURVE = {"trained_encoder"}  # a few steps only: training's rate per image is measured by train_throughput.py
 DOI = "doi:10.7910/DVN/UG4SBD"
 PART_BYTES = 64 << 20
@@ -307,13 +309,25 @@ def _tree_bytes(*folders: Path) -> int:
 
 
 def run_stage(asset: str, partition: str | None, run_config: dict, env: dict, written_in: list[Path],
-              log: Path) -> dict:
+              log: Path, kill_after: float | None = None) -> dict:
+    """One asset (one partition) in its own process; with `kill_after`, SIGKILL it after that many seconds (a lost
+    pod) and return {"killed": True, "seconds": ...} instead of its cost."""
     before = _tree_bytes(*written_in)
     command = [sys.executable, __file__, "_stage", asset, "--partition", partition or "",
                "--run-config", json.dumps(run_config)]
     with open(log, "a") as out:
-        out.write(f"\n$ {asset} {partition or ''}\n")
+        out.write(f"\n$ {asset} {partition or ''}{' (killed after %.0f s)' % kill_after if kill_after else ''}\n")
         out.flush()
+        if kill_after is not None:
+            started = time.perf_counter()
+            child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO)
+            try:
+                child.wait(timeout=kill_after)
+                raise SystemExit(f"{asset} {partition or ''} ended before it could be killed; see {log}")
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return {"killed": True, "seconds": time.perf_counter() - started}
         proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("STAGE ")]
     if proc.returncode or not lines or not json.loads(lines[-1][6:])["ok"]:

@@ -9,8 +9,9 @@ from `--data-root` or $HMPCL_DATA_ROOT. Per-model outputs are keyed by the MLflo
     <root>/parsed/drawings/year=<year>.parquet      parsed drawings, one file per year
     <root>/parsed/lic_codes.parquet, lic_hierarchy.parquet, splits.parquet
     <root>/parsed/quarantine/…                      rows refused by a parser, with the reason
+    <root>/pixels/year=<year>/<size>-<key>/          the year's drawings decoded once (keyed by that year's files)
     <root>/models/<fingerprint>/                    training checkpoints
-    <root>/embeddings/<run id>.parquet              corpus embeddings
+    <root>/embeddings/<run id>/year=<year>-<key>.parquet   a year's embeddings by one model (keyed by its pixels)
     <root>/index/<run id>/                          the FAISS gallery index
     <root>/benchmarks/<run id>.parquet              benchmark tables
     <root>/variants/<variant>/                      the model comparison's per-variant results
@@ -90,8 +91,22 @@ class DataLayout:
     def models_dir(self) -> Path:
         return self.root / "models"
 
-    def embeddings_path(self, run_id: str) -> Path:
-        return self.root / "embeddings" / f"{run_id}.parquet"
+    @staticmethod
+    def year_group(year: str | int) -> str:
+        """The pixel store group of a year (`pixels/year=<year>/`), also the prefix of its embeddings files."""
+        return f"year={year}"
+
+    def embeddings_dir(self, run_id: str) -> Path:
+        """The corpus embeddings of one model (MLflow run): one file per year, named after the year's pixels."""
+        return self.root / "embeddings" / run_id
+
+    def year_embeddings_paths(self, run_id: str, year: str | int) -> list[Path]:
+        """The embeddings files of a year by that model (one once complete; none before)."""
+        return sorted(self.embeddings_dir(run_id).glob(f"{self.year_group(year)}-*.parquet"))
+
+    def years(self) -> list[str]:
+        """The parsed years, in order (from `parsed/drawings/year=<year>.parquet`)."""
+        return [p.stem.split("=", 1)[1] for p in self.drawings_paths()]
 
     def index_dir(self, run_id: str) -> Path:
         return self.root / "index" / run_id

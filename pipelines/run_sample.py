@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         if not result.success:
             print(f"ingest of {year} failed (run {result.run_id}); see `make dev`", file=sys.stderr)
             return 1
-    runs = [("full_pipeline", None)] + [("compare_variants", v) for v in variant_partitions.get_partition_keys()]
-    for job, partition in runs + [("compare_models", None)]:
+    years = [str(y) for y in store.sample_spec().years]
+    # the chain the sensors run in the UI (pipelines.defs.sensors), in order: model, every year's corpus, index
+    runs = ([("full_pipeline", None)] + [("embed_year", y) for y in years] + [("publish", None)]
+            + [("compare_variants", v) for v in variant_partitions.get_partition_keys()] + [("compare_models", None)])
+    for job, partition in runs:
         ops = {"full_pipeline": "trained_encoder", "compare_variants": "variant_encoder"}.get(job)
         run_config = {"ops": {ops: {"config": training}}} if ops and training else None
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,

@@ -36,7 +36,7 @@ def test_the_contracts_are_the_documented_ones():
     assert parts == top_level, f"every top-level part of hmpcl_lib has its layer: {sorted(parts ^ top_level)}"
     assert ({"hmpcl_lib"}, {"pipelines"}) in forbidden.values()
     assert ({"hmpcl_lib.modeling", "hmpcl_lib.train", "hmpcl_lib.retrieval.embedding",
-             "hmpcl_lib.retrieval.sharded_embedding", "hmpcl_lib.retrieval.metrics"},
+             "hmpcl_lib.retrieval.metrics"},
             {"dagster", "mlflow", "faiss"}) in forbidden.values()
     assert any(src == {"hmpcl_lib"} and "dagster" in mods for src, mods in forbidden.values())
 

@@ -17,7 +17,7 @@ import pytest
 from hmpcl_lib.io import file_sha256, write_parquet_atomic
 from pipelines.defs.schedules import retrain_schedule
 from pipelines.metadata import CONTENT_DIGEST, content_metadata
-from pipelines.defs.sensors import changed_years, new_drawings_sensor
+from pipelines.defs.sensors import changed_years, corpus_follow_up, follow_up_requests, new_drawings_sensor
 
 REPO = Path(__file__).resolve().parents[1]
 MONDAY_3AM = dt.datetime(2026, 1, 5, 3, 0, tzinfo=dt.timezone.utc)
@@ -84,6 +84,10 @@ def _tick(instance: dg.DagsterInstance, cursor: str | None):
     """One sensor evaluation; returns (result, cursor after the tick)."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
     result = new_drawings_sensor(context)
+    if isinstance(result, list):  # one embed_year request per changed year, each carrying the whole change
+        assert [r.partition_key for r in result] == result[0].tags["hmpcl/changed_years"].split(",")
+        assert len({r.run_key for r in result}) == len(result)
+        result = result[0]
     return result, context.cursor
 
 
@@ -93,9 +97,10 @@ def instance():
         yield inst
 
 
-def test_sensor_targets_retrain_and_starts_stopped():
-    assert new_drawings_sensor.job_name == "retrain"
+def test_sensor_targets_embed_year_and_starts_stopped():
+    assert new_drawings_sensor.job_name == "embed_year"
     assert new_drawings_sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert corpus_follow_up.default_status == dg.DefaultSensorStatus.STOPPED
 
 
 def test_sensor_skips_when_nothing_was_materialized(instance):
@@ -135,7 +140,7 @@ def test_sensor_fires_on_changed_content_not_on_row_counts(instance, tmp_path):
     assert len({first.run_key, edited.run_key, new_year.run_key}) == 3  # distinct keys: none deduplicated away
 
 
-def test_sensor_batches_several_events_into_one_request(instance, tmp_path):
+def test_sensor_batches_several_events_into_one_request_per_changed_year(instance, tmp_path):
     _materialize_drawings(instance, "2018", _write_drawings(tmp_path / "2018.parquet", ["a-1"]))
     _, cursor = _tick(instance, None)
     for year, ids in [("2018", ["a-1"]), ("2019", ["b-1"]), ("2020", ["c-1"]), ("2020", ["c-2"])]:
@@ -185,9 +190,14 @@ def test_sensor_ignores_other_assets(instance):
 def test_sensor_tick_through_the_framework_keeps_the_cursor(instance, tmp_path):
     """evaluate_tick is what the daemon calls: the run request and the cursor come back together."""
     _materialize_drawings(instance, "2019", _write_drawings(tmp_path / "2019.parquet", ["a-1"]))
-    data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    from pipelines.definitions import defs
+
+    repository = defs.get_repository_def()  # partitioned run requests are checked against the job's partitions
+    data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repository))
     assert len(data.run_requests) == 1 and data.run_requests[0].tags["hmpcl/changed_years"] == "2019"
-    data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=data.cursor))
+    assert data.run_requests[0].partition_key == "2019"
+    data = new_drawings_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=data.cursor,
+                                                                     repository_def=repository))
     assert data.run_requests == [] and data.skip_message
 
 
@@ -247,8 +257,10 @@ def test_jobs_select_the_documented_assets():
     def selected(job: str) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
 
-    assert selected("retrain") == {"lic_hierarchy", "splits", "decoded_drawings", "trained_encoder", "corpus_embeddings",
-                                   "gallery_index", "retrieval_benchmark", "champion_model"}
+    assert selected("retrain") == {"lic_hierarchy", "splits", "trained_encoder"}
+    assert selected("embed_year") == {"corpus_embeddings"}
+    assert selected("publish") == {"gallery_index", "retrieval_benchmark", "champion_model"}
+    assert selected("refresh_index") == {"gallery_index"}
     assert "lic_codes" in selected("full_pipeline") and "model_comparison" not in selected("full_pipeline")
     assert selected("compare_variants") == {"variant_encoder", "variant_benchmark"}
     assert selected("compare_models") == {"model_comparison", "results_db"}
@@ -256,7 +268,8 @@ def test_jobs_select_the_documented_assets():
         "pretrained", "baseline", "hierarchical"]
     assert defs.get_assets_def("variant_encoder").op.pool == "gpu"
     assert defs.get_assets_def("variant_encoder").op.tags["dagster-k8s/config"]
-    assert selected("ingest_year") == {"raw_archives", "drawings"}
+    assert selected("ingest_year") == {"raw_archives", "drawings", "decoded_drawings"}
+    assert defs.resolve_job_def("embed_year").partitions_def == defs.resolve_job_def("ingest_year").partitions_def
     assert defs.get_assets_def("trained_encoder").op.pool == "gpu"
     assert defs.get_assets_def("corpus_embeddings").op.pool == "gpu"
     assert defs.get_assets_def("raw_archives").op.retry_policy is None  # the download itself retries (one layer)
@@ -272,3 +285,34 @@ def test_dagster_definitions_validate(tmp_path):
                           env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ corpus_follow_up
+
+def test_a_new_model_embeds_every_year_then_publishes():
+    after_training = follow_up_requests("retrain", "run-a", ["2019", "2020"], "m1", set(), benchmarked=False)
+    assert [(r.job_name, r.partition_key) for r in after_training] == [("embed_year", "2019"), ("embed_year", "2020")]
+    assert len({r.run_key for r in after_training}) == 2
+    assert follow_up_requests("full_pipeline", "run-b", ["2019"], "m1", set(), False)[0].job_name == "embed_year"
+    waiting = follow_up_requests("embed_year", "run-c", ["2019", "2020"], "m1", {"2019"}, benchmarked=False)
+    assert isinstance(waiting, dg.SkipReason) and "['2020']" in waiting.skip_message
+    (publish,) = follow_up_requests("embed_year", "run-d", ["2019", "2020"], "m1", {"2019", "2020"}, False)
+    assert publish.job_name == "publish" and publish.tags["hmpcl/model_run"] == "m1"
+
+
+def test_a_new_year_for_a_benchmarked_model_only_rebuilds_the_index():
+    (request,) = follow_up_requests("embed_year", "run-e", ["2019", "2020", "2021"], "m1", {"2019", "2020", "2021"},
+                                    benchmarked=True)
+    assert request.job_name == "refresh_index"
+    nothing = follow_up_requests("embed_year", "run-f", ["2019"], None, set(), benchmarked=False)
+    assert isinstance(nothing, dg.SkipReason) and "trained_encoder" in nothing.skip_message
+
+
+def test_follow_up_sensor_watches_the_model_and_embedding_jobs():
+    from pipelines.definitions import defs
+
+    from pipelines.defs.sensors import MODEL_JOBS
+
+    sensor = defs.get_sensor_def("corpus_follow_up")
+    assert {t.job_name for t in sensor.targets} == {"embed_year", "publish", "refresh_index"}
+    assert set(MODEL_JOBS) == {"retrain", "full_pipeline"} and sensor.default_status == dg.DefaultSensorStatus.STOPPED

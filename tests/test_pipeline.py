@@ -16,8 +16,9 @@ from pipelines.defs.resources import DataStore, MlflowTracking
 pytestmark = pytest.mark.slow
 
 TINY_TRAINING = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "image_size": 64, "embed_dim": 32}
-UNPARTITIONED = ["lic_codes", "lic_hierarchy", "splits", "decoded_drawings", "trained_encoder", "corpus_embeddings",
-                 "gallery_index", "retrieval_benchmark", "champion_model"]
+MODEL = ["lic_codes", "lic_hierarchy", "splits", "trained_encoder"]
+PUBLISH = ["gallery_index", "retrieval_benchmark", "champion_model"]
+UNPARTITIONED = MODEL + PUBLISH
 VARIANTS = ["pretrained", "baseline", "hierarchical"]
 
 
@@ -31,13 +32,19 @@ def env(tmp_path_factory):
                               experiment="hmpcl-test", registered_model="hmpcl-test-encoder")
     resources = {"store": store, "mlflow_tracking": tracking}
     instance = dg.DagsterInstance.ephemeral()
-    for year in store.sample_years:
-        result = dg.materialize([raw_archives, drawings], partition_key=str(year), resources=resources,
-                                instance=instance)
-        assert result.success
+    years = {}
+    for year in store.sample_years:  # ingest_year, then the model, then embed_year, then publish: make run's order
+        years[year] = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["raw_archives", "drawings", "decoded_drawings"],
+                                     partition_key=str(year), resources=resources, instance=instance,
+                                     run_config={"ops": {"decoded_drawings": {"config": {"image_size": 64}}}})
+        assert years[year].success
     run_config = {"ops": {"trained_encoder": {"config": TINY_TRAINING}}}
-    result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=UNPARTITIONED, resources=resources,
-                            instance=instance, run_config=run_config)
+    model = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=MODEL, resources=resources, instance=instance,
+                           run_config=run_config)
+    assert model.success
+    embedded = {year: dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["corpus_embeddings"], partition_key=str(year),
+                                     resources=resources, instance=instance) for year in store.sample_years}
+    result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=PUBLISH, resources=resources, instance=instance)
     variants = {v: dg.materialize([*ALL_ASSETS], selection=["variant_encoder", "variant_benchmark"], partition_key=v,
                                   resources=resources, instance=instance,
                                   run_config={"ops": {"variant_encoder": {"config": TINY_TRAINING}}})
@@ -45,24 +52,25 @@ def env(tmp_path_factory):
     comparison = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["model_comparison"], resources=resources,
                                 instance=instance)
     return {"store": store, "tracking": tracking, "result": result, "resources": resources, "variants": variants,
+            "years": years, "model": model, "embedded": embedded,
             "comparison": comparison, "instance": instance, "run_config": run_config}
 
 
 def test_every_asset_materializes_and_checks_pass(env):
-    result = env["result"]
-    assert result.success and env["comparison"].success
+    runs = [env["result"], env["model"], *env["years"].values(), *env["embedded"].values()]
+    assert all(r.success for r in runs) and env["comparison"].success
     assert all(r.success for r in env["variants"].values())
-    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()
-                    for e in [e.event_specific_data.materialization]}
-    assert set(UNPARTITIONED) <= materialized
-    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks and all(passed for name, passed in checks.items() if name != "fine_tuning_beats_pretrained"), checks
+    materialized = {e.asset_key.path[-1] for r in runs for e in r.get_asset_materialization_events()}
+    assert set(UNPARTITIONED) | {"decoded_drawings", "corpus_embeddings"} <= materialized
+    checks = {(e.asset_check_key.name, r.run_id): e.passed for r in runs for e in r.get_asset_check_evaluations()}
+    assert {name for name, _ in checks} >= {"pixel_store_matches_drawings", "embeddings_finite_and_normalised"}
+    assert all(passed for (name, _), passed in checks.items() if name != "fine_tuning_beats_pretrained"), checks
     assert "fine_tuning_beats_pretrained" in {e.asset_check_key.name
                                               for e in env["comparison"].get_asset_check_evaluations()}
 
 
 def test_variants_are_partitions_and_the_default_one_reuses_trained_encoder(env):
-    trained = env["result"].output_for_node("trained_encoder")
+    trained = env["model"].output_for_node("trained_encoder")
     baseline = env["variants"]["baseline"].output_for_node("variant_encoder")  # the default loss since issue 28
     assert baseline.reused and baseline.run_id == trained.run_id  # same config + data: not trained twice
     hierarchical = env["variants"]["hierarchical"].output_for_node("variant_encoder")
@@ -137,11 +145,11 @@ def test_rematerializing_reuses_the_run_and_registry_version(env):
     cfg = env["tracking"].config
     mlflow.set_tracking_uri(cfg.tracking_uri)
     before = len(mlflow.search_runs(experiment_names=[cfg.experiment]))
-    result = dg.materialize([*ALL_ASSETS], selection=["trained_encoder", "corpus_embeddings",
-                                                       "retrieval_benchmark", "champion_model"],
-                            resources=env["resources"], instance=env["instance"], run_config=env["run_config"])
-    assert result.success
-    assert result.output_for_node("trained_encoder").reused
+    result = dg.materialize([*ALL_ASSETS], selection=["trained_encoder"], resources=env["resources"],
+                            instance=env["instance"], run_config=env["run_config"])
+    assert result.success and result.output_for_node("trained_encoder").reused
+    assert dg.materialize([*ALL_ASSETS], selection=["retrieval_benchmark", "champion_model"],
+                          resources=env["resources"], instance=env["instance"]).success
     assert len(mlflow.search_runs(experiment_names=[cfg.experiment])) == before
     versions = mlflow.MlflowClient().search_model_versions(f"name='{cfg.registered_model}'")
     assert len(versions) == 1
@@ -156,15 +164,21 @@ def _hashes(paths) -> dict[str, str]:
 def test_rematerializing_data_gives_identical_files(env):
     store = env["store"]
     parsed = sorted((store.base / "parsed").rglob("*.parquet"))
-    embeddings = sorted((store.base / "embeddings").glob("*.parquet"))
+    embeddings = sorted((store.base / "embeddings").rglob("*.parquet"))
+    assert len(embeddings) == len(store.sample_years)  # one file per year
     before = _hashes(parsed + embeddings)
     for year in store.sample_years:
         assert dg.materialize([raw_archives, drawings], partition_key=str(year), resources=env["resources"],
                               instance=env["instance"]).success
-    result = dg.materialize([*ALL_ASSETS], selection=["lic_codes", "lic_hierarchy", "splits", "trained_encoder",
-                                                       "corpus_embeddings"],
+    result = dg.materialize([*ALL_ASSETS], selection=["lic_codes", "lic_hierarchy", "splits", "trained_encoder"],
                             resources=env["resources"], instance=env["instance"], run_config=env["run_config"])
     assert result.success
+    for year in store.sample_years:
+        again = dg.materialize([*ALL_ASSETS], selection=["corpus_embeddings"], partition_key=str(year),
+                               resources=env["resources"], instance=env["instance"])
+        assert again.success
+        meta = again.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+        assert meta["embedded"].value is False and meta["drawings_embedded"].value == 0  # same model, same pixels
     assert _hashes(parsed + embeddings) == before
 
 

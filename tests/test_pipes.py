@@ -4,6 +4,7 @@ streams logs and metrics back and reports the materialization the asset turns in
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import dagster as dg
@@ -66,8 +67,10 @@ def test_materialization_metadata_comes_back_through_pipes(env):
     assert [c["epoch"] for c in curves] == [0.0, 1.0] and 0.0 <= meta["val_patent_recall_at_1"].value <= 1.0
     history = mlflow.MlflowClient().get_metric_history(model.run_id, "val_patent_map")
     assert [round(m.value, 6) for m in history] == [round(c["val_patent_map"], 6) for c in curves]
-    expected = dataclasses.asdict(TrainConfig(**{**TINY_TRAINING}))
-    assert model.params == expected  # downstream assets rebuild TrainConfig from these (PNG training by default)
+    store = env["store"]  # trained from the years' pixel stores, the one training path
+    pixels = os.pathsep.join(str(store.year_pixels(y, TINY_TRAINING["image_size"]).path) for y in store.layout.years())
+    expected = dataclasses.asdict(TrainConfig(**{**TINY_TRAINING, "pixel_store": pixels}))
+    assert model.params == expected  # downstream assets rebuild TrainConfig from these
 
 
 def test_the_mlflow_run_exists_and_holds_the_training(env):
@@ -99,14 +102,16 @@ def test_rematerializing_reuses_the_finished_run_without_training(env):
     assert len(mlflow.search_runs(experiment_names=[cfg.experiment])) == before
 
 
-def test_train_from_pixels_trains_from_the_decoded_store(env):
-    store = DataStore(**{**env["store"].model_dump(), "train_from_pixels": True})
+def test_training_reads_the_years_pixel_stores(env):
+    """One training path: the Pipes child trains from every parsed year's pixel store (a PixelStoreSet)."""
+    store = env["store"]
     config = {**TINY_TRAINING, "epochs": 1, "seed": 2}  # another fingerprint: a fresh run
-    result = dg.materialize([trained_encoder], resources={**env["resources"], "store": store},
-                            instance=env["instance"], run_config={"ops": {"trained_encoder": {"config": config}}})
+    result = dg.materialize([trained_encoder], resources=env["resources"], instance=env["instance"],
+                            run_config={"ops": {"trained_encoder": {"config": config}}})
     model = result.output_for_node("trained_encoder")
     assert not model.reused and model.final_loss > 0
-    assert model.params["pixel_store"].startswith(str(store.layout.root / "pixels" / "64-"))
+    used = model.params["pixel_store"].split(os.pathsep)
+    assert used == [str(store.year_pixels(year, 64).path) for year in store.layout.years()]
 
 
 def test_a_failing_child_fails_the_step_with_its_error(env):

@@ -16,7 +16,7 @@ from hmpcl_lib.errors import InputError
 from hmpcl_lib.modeling import pixels
 from hmpcl_lib.modeling.dataset import DrawingDataset, collate
 from hmpcl_lib.modeling.models import build_encoder, build_transform
-from hmpcl_lib.modeling.pixels import (PixelStore, PixelTrainDataset, augment_batch, ensure_pixel_store, eval_batch,
+from hmpcl_lib.modeling.pixels import (PixelStore, prune_pixel_stores, PixelTrainDataset, augment_batch, ensure_pixel_store, eval_batch,
                                        pixel_store_root, sample_augmentation, train_side)
 from hmpcl_lib.retrieval.embedding import embed_paths, embed_table
 from hmpcl_lib.train.config import TrainConfig
@@ -312,3 +312,51 @@ def test_a_palette_with_alpha_per_index_is_flattened_onto_white_like_its_rgba(tm
         saved.load()
         reference = np.asarray(flatten_drawing(saved, "L"))
     assert np.abs(grey.astype(np.int16) - reference).max() <= 1
+
+
+# ---------------------------------------------------------------- one store per year, read as one
+
+
+def test_year_stores_read_as_one_set(table, tmp_path, model):
+    """Two groups' stores (the pipeline's years) read through a PixelStoreSet give each row's own pixels, the same
+    embeddings as one store of the whole table, and a set's `path` opens the same set again."""
+    from hmpcl_lib.modeling.pixels import PixelStoreSet, open_pixel_store
+
+    root = tmp_path / "data"
+    first, second = table.head(5), table.tail(table.height - 5)
+    a = ensure_pixel_store(first, root, SIZE, group="year=2019")
+    b = ensure_pixel_store(second, root, SIZE, group="year=2020")
+    assert a.path.parent.name == "year=2019" and b.path.parent.name == "year=2020"
+    whole = ensure_pixel_store(table, root, SIZE)
+    both = PixelStoreSet([a, b])
+    assert len(both) == len(table) and both.image_size == SIZE
+    paths = table["image_path"].to_list()[::-1]  # any order, across the members
+    rows = both.positions(paths)
+    np.testing.assert_array_equal(both.eval_rows(rows), whole.eval_rows(whole.positions(paths)))
+    row = int(both.positions([second["image_path"][0]])[0])
+    np.testing.assert_array_equal(both.train_pixels(row), whole.train_pixels(int(whole.positions([second["image_path"][0]])[0])))
+    again = open_pixel_store(both.path)
+    assert isinstance(again, PixelStoreSet) and [s.path for s in again.stores] == [a.path, b.path]
+    from_set = embed_table(model, table, batch_size=4, device="cpu", pixel_store=both.path)
+    from_whole = embed_table(model, table, batch_size=4, device="cpu", pixel_store=whole)
+    np.testing.assert_array_equal(from_set.column("embedding").to_pylist(), from_whole.column("embedding").to_pylist())
+    with pytest.raises(InputError, match="in none of the pixel stores") as err:
+        both.positions([str(tmp_path / "elsewhere.png")])
+    assert err.value.source.endswith("elsewhere.png")
+    with pytest.raises(InputError, match="different sizes"):
+        PixelStoreSet([a, ensure_pixel_store(second, root, 32, group="year=2020")])
+    # pruning a group leaves the other groups (and the ungrouped stores) alone
+    removed = prune_pixel_stores(root, keep=[], group="year=2019")
+    assert removed == [a.path] and b.path.is_dir() and whole.path.is_dir()
+
+
+def test_a_year_store_is_keyed_by_its_own_rows(table, tmp_path, monkeypatch):
+    """Another year's change does not touch this year's store: no decode, same folder, same files."""
+    root = tmp_path / "data"
+    first = ensure_pixel_store(table.head(5), root, SIZE, group="year=2019")
+    stamp = {p.name: p.stat().st_mtime_ns for p in first.path.iterdir()}
+    ensure_pixel_store(table.tail(3), root, SIZE, group="year=2020")
+    monkeypatch.setattr(pixels, "_build", lambda *a, **k: pytest.fail("decoded an unchanged year"))
+    again = ensure_pixel_store(table.head(5), root, SIZE, group="year=2019")
+    assert not again.built and again.path == first.path
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == stamp

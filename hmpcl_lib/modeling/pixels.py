@@ -3,7 +3,7 @@
 Training epochs and embedding runs otherwise decode every PNG again (PIL decode + pad + resize dominate a CPU
 epoch). `ensure_pixel_store(rows, data_root, image_size)` decodes each (drawing_id, image_path) row once into
 
-    <data_root>/pixels/<image_size>-<fingerprint[:16]>/
+    <data_root>/pixels/[<group>/]<image_size>-<fingerprint[:16]>/     (the pipeline: one group per year, `year=2019`)
         eval.npy     uint8 [N, S, S]   S = image_size: the eval transform's pixels (pad to a white square, PIL
                                        bilinear antialiased resize), so store embeddings equal PNG embeddings; a
                                        drawing larger than REDUCING_GAP x T (a real 2,600 px sheet) is box-reduced
@@ -18,7 +18,8 @@ PIL's "L"): the one case where the store's input differs from the PNG path's.
 
 Key: the image size and a fingerprint of the table as (drawing_id, image_path, file size, mtime_ns) rows sorted
 by drawing_id: one stat per file, no read, and any rewrite of a file changes its mtime. A matching store is
-reused; anything else builds a new one beside it (old ones are left for `prune_pixel_stores`). The build writes
+reused; anything else builds a new one beside it (old ones are left for `prune_pixel_stores`). `PixelStoreSet` reads
+several stores (the years) as one. The build writes
 into a temp folder under `pixels/` and renames it into place, so a crash or a bad image (an `InputError` naming
 the file and the drawing) leaves nothing half-written. Decoding runs on a thread pool: PIL releases the GIL
 while it decodes and resizes.
@@ -147,9 +148,11 @@ def pixel_store_root(data_root: str | os.PathLike) -> Path:
     return Path(data_root) / "pixels"
 
 
-def pixel_store_path(data_root: str | os.PathLike, image_size: int, fingerprint: str) -> Path:
-    """`<data_root>/pixels/<image_size>-<fingerprint[:16]>/`: the store for this table and size."""
-    return pixel_store_root(data_root) / f"{int(image_size)}-{fingerprint[:16]}"
+def pixel_store_path(data_root: str | os.PathLike, image_size: int, fingerprint: str, group: str = "") -> Path:
+    """`<data_root>/pixels/[<group>/]<image_size>-<fingerprint[:16]>/`: the store for this table and size. A group
+    (`year=2019`) keeps one part of the corpus's stores apart from another's, so each part is rebuilt and pruned on
+    its own."""
+    return pixel_store_root(data_root) / group / f"{int(image_size)}-{fingerprint[:16]}"
 
 
 # ---------------------------------------------------------------- the table and its fingerprint
@@ -289,6 +292,10 @@ class PixelStore:
                              source=str(self.path))
         return out
 
+    def train_pixels(self, row: int) -> np.ndarray:
+        """The train pixels of one row ([T, T] uint8, a copy)."""
+        return np.array(self.train[int(row)])
+
     def positions(self, image_paths: Sequence[str]) -> np.ndarray:
         """Row of each image path in the store (int64); an image the store lacks is an InputError naming it."""
         if self._position is None:
@@ -336,16 +343,18 @@ def ensure_pixel_store(
     data_root: str | os.PathLike,
     image_size: int,
     workers: int | None = None,
+    group: str = "",
 ) -> PixelStore:
-    """The store of `rows` (drawing_id, image_path; polars or pyarrow) at `image_size` under `data_root/pixels/`:
-    reused when its key matches, else decoded (in parallel, atomically). `.built` says which happened."""
+    """The store of `rows` (drawing_id, image_path; polars or pyarrow) at `image_size` under
+    `data_root/pixels/[group/]`: reused when its key matches, else decoded (in parallel, atomically). `.built` says
+    which happened. The pipeline keeps one store per year (`group="year=2019"`, keyed by that year's own rows)."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     workers = workers or _default_workers()
     ids, paths = _table_rows(rows)
     table = _stat_rows(ids, paths, workers)
     fingerprint = _fingerprint(table, image_size)
-    final = pixel_store_path(data_root, image_size, fingerprint)
+    final = pixel_store_path(data_root, image_size, fingerprint, group)
     if (final / "meta.json").exists():
         store = PixelStore.open(final)
         if store.fingerprint == fingerprint and len(store) == len(paths):
@@ -431,19 +440,101 @@ def _build(tmp: Path, table: _Rows, image_size: int, fingerprint: str, workers: 
     log.info("pixel store: %d drawings decoded in %.1f s (%.0f /s)", n, seconds, n / max(seconds, 1e-9))
 
 
-def prune_pixel_stores(data_root: str | os.PathLike, keep: Sequence[str | os.PathLike]) -> list[Path]:
-    """Delete the stores (and leftover temp folders) under `data_root/pixels/` other than `keep`; returns them."""
-    root, kept = pixel_store_root(data_root), {Path(k).resolve() for k in keep}
+def prune_pixel_stores(data_root: str | os.PathLike, keep: Sequence[str | os.PathLike], group: str = "") -> list[Path]:
+    """Delete the stores (and leftover temp folders) under `data_root/pixels/[group/]` other than `keep`; returns
+    them. Without a group, the group folders (`year=...`) are left alone."""
+    root, kept = pixel_store_root(data_root) / group, {Path(k).resolve() for k in keep}
     removed = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if child.is_dir() and child.resolve() not in kept:
+        if child.is_dir() and child.resolve() not in kept and (group or "=" not in child.name):
             shutil.rmtree(child)
             removed.append(child)
     return removed
 
 
-def open_pixel_store(store: "PixelStore | str | os.PathLike") -> PixelStore:
-    return store if isinstance(store, PixelStore) else PixelStore.open(store)
+class PixelStoreSet:
+    """Several stores read as one (the pipeline's per-year stores): rows numbered across the members in order, with
+    the `PixelStore` interface that embedding, training and validation use (`positions`, `eval_rows`,
+    `train_pixels`, `image_size`, `train_side`, `len`). Its `path` is the members' folders joined by `os.pathsep`
+    (as PATH is), which `open_pixel_store` and `TrainConfig.pixel_store` take back."""
+
+    def __init__(self, stores: Sequence[PixelStore]):
+        if not stores:
+            raise InputError("no pixel stores to read", source="pixel store set")
+        sizes = {(s.image_size, s.train_side) for s in stores}
+        if len(sizes) > 1:
+            raise InputError(f"pixel stores of different sizes {sorted(sizes)}", source=self._joined(stores))
+        self.stores = list(stores)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.stores])
+        self.meta = {"image_size": self.stores[0].image_size, "train_side": self.stores[0].train_side,
+                     "count": int(self.offsets[-1])}
+        self._position: dict[str, int] | None = None
+
+    @staticmethod
+    def _joined(stores: Sequence[PixelStore]) -> str:
+        return os.pathsep.join(str(s.path) for s in stores)
+
+    @property
+    def path(self) -> str:
+        return self._joined(self.stores)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def train_side(self) -> int:
+        return int(self.meta["train_side"])
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(s.fingerprint for s in self.stores).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        member = np.searchsorted(self.offsets, rows, side="right") - 1
+        return member, rows - self.offsets[member]
+
+    def eval_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Eval pixels of `rows` (a copy); runs of rows inside one member are read as that member reads them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.image_size, self.image_size), np.uint8)
+        member, local = self._split(rows)
+        for m in np.unique(member):
+            at = np.flatnonzero(member == m)
+            out[at] = self.stores[m].eval_rows(local[at])
+        return out
+
+    def train_pixels(self, row: int) -> np.ndarray:
+        member, local = self._split(np.array([int(row)]))
+        return self.stores[int(member[0])].train_pixels(int(local[0]))
+
+    def positions(self, image_paths: Sequence[str]) -> np.ndarray:
+        """Row of each image path across the members (int64); a path no member holds is an InputError naming it."""
+        if self._position is None:
+            self._position = {}
+            for offset, store in zip(self.offsets, self.stores):
+                for i, p in enumerate(store.image_paths):
+                    self._position.setdefault(p, int(offset) + i)
+        out = np.empty(len(image_paths), dtype=np.int64)
+        for k, p in enumerate(image_paths):
+            i = self._position.get(str(p))
+            if i is None:
+                raise InputError(f"in none of the pixel stores {self.path}", source=str(p), record=f"#{k}")
+            out[k] = i
+        return out
+
+
+def open_pixel_store(store: "PixelStore | PixelStoreSet | str | os.PathLike") -> "PixelStore | PixelStoreSet":
+    """A store, a set of stores, a store's folder, or several folders joined by `os.pathsep` (a set's `path`)."""
+    if isinstance(store, (PixelStore, PixelStoreSet)):
+        return store
+    paths = [p for p in str(store).split(os.pathsep) if p]
+    if len(paths) == 1:
+        return PixelStore.open(paths[0])
+    return PixelStoreSet([PixelStore.open(p) for p in paths])
 
 
 # ---------------------------------------------------------------- tensors from the store
@@ -531,7 +622,7 @@ class PixelTrainDataset(torch.utils.data.Dataset):
     whole batch on the device. The augmentation depends only on the per-sample seed, as with DrawingDataset.
     """
 
-    def __init__(self, store: PixelStore | str | os.PathLike, image_paths: Sequence[str],
+    def __init__(self, store: "PixelStore | PixelStoreSet | str | os.PathLike", image_paths: Sequence[str],
                  labels: dict[str, np.ndarray] | None, image_size: int, mean: Sequence[float], std: Sequence[float]):
         self.store = open_pixel_store(store)
         if self.store.image_size != image_size:
@@ -550,7 +641,7 @@ class PixelTrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, np.ndarray, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         index = int(index)
-        pixels = torch.from_numpy(np.array(self.store.train[self.rows[index]]))
+        pixels = torch.from_numpy(self.store.train_pixels(self.rows[index]))
         return pixels, sample_augmentation(seed, self.image_size), index
 
     def labels_of(self, indices: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:

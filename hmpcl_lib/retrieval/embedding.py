@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -29,7 +29,7 @@ from hmpcl_lib.diskspace import embeddings_bytes, require_free_disk
 from hmpcl_lib.errors import InputError
 from hmpcl_lib.io import atomic_path, write_parquet_atomic
 from hmpcl_lib.modeling.models import build_transform, IMAGENET_MEAN, IMAGENET_STD
-from hmpcl_lib.modeling.pixels import PixelStore, eval_batch, open_pixel_store
+from hmpcl_lib.modeling.pixels import PixelStore, PixelStoreSet, eval_batch, open_pixel_store
 from hmpcl_lib.schemas import embeddings_schema
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def embed_paths(
     num_workers: int | None = None,
     float16: bool = False,
     stats: EmbedStats | None = None,
-    pixel_store: "PixelStore | str | os.PathLike | None" = None,
+    pixel_store: "PixelStore | PixelStoreSet | str | os.PathLike | None" = None,
 ) -> np.ndarray:
     """Embed image files in order → [N, D] float32 (float16 with `float16=True`), rows L2-normalised.
 
@@ -103,7 +103,7 @@ def embed_paths(
 
 
 def _embed_from_store(model, paths: list[str], image_size: int, batch_size: int, device, float16: bool,
-                      stats: EmbedStats | None, store: PixelStore, config: dict[str, Any]) -> np.ndarray:
+                      stats: EmbedStats | None, store: PixelStore | PixelStoreSet, config: dict[str, Any]) -> np.ndarray:
     """embed_paths over a pixel store: batches are memmap row reads in this process (no DataLoader workers)."""
     if store.image_size != image_size:
         raise InputError(f"pixel store holds {store.image_size} px drawings, embedding wants {image_size} px",
@@ -172,7 +172,7 @@ def embed_table(
     num_workers: int | None = None,
     float16: bool = False,
     stats: EmbedStats | None = None,
-    pixel_store: "PixelStore | str | os.PathLike | None" = None,
+    pixel_store: "PixelStore | PixelStoreSet | str | os.PathLike | None" = None,
 ) -> pa.Table:
     """Embed every row of a drawings-like table (`drawing_id`, `image_path`) → embeddings table, same order.
     `pixel_store`: read the pixels from that store instead of decoding the PNGs (see `embed_paths`)."""
@@ -246,10 +246,64 @@ def embed_to_parquet(
     return Path(path), frame.height, dim
 
 
-def read_embeddings(path: str | os.PathLike, ids: Sequence[str] | pl.Series | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Read an embeddings Parquet → (drawing ids as a str array, [N, D] float32 vectors); with `ids`, only those
-    rows (filtered while reading, so the rest of a multi-million-row corpus never enters memory)."""
+def store_embeddings_path(out_dir: str | os.PathLike, store: PixelStore) -> Path:
+    """`<out_dir>/<store group>-<store fingerprint[:16]>.parquet`: the embeddings of one pixel store (one year of the
+    corpus) by the model whose folder `out_dir` is. Same model folder + same pixels = same file."""
+    return Path(out_dir) / f"{store.path.parent.name}-{store.fingerprint[:16]}.parquet"
+
+
+@dataclass
+class StoreEmbeddings:
+    """What `ensure_store_embeddings` did: the file, its rows and dimension, and whether it embedded them now."""
+
+    path: Path
+    rows: int
+    dim: int
+    embedded: bool
+    removed: list[Path]
+
+
+def ensure_store_embeddings(model: "torch.nn.Module | Callable[[], torch.nn.Module]", store: PixelStore, out_dir: str | os.PathLike,
+                            stats: EmbedStats | None = None, **embed_options: Any) -> StoreEmbeddings:
+    """Every drawing of one pixel store embedded by `model` into `store_embeddings_path(out_dir, store)`: reused
+    when that file exists (the same model and the same pixels), else embedded chunk by chunk into a temp file and
+    renamed into place, so a run killed part-way leaves no file and its rerun redoes this store only. A file of an
+    older version of the same group (the year's pixels before they changed) is removed once the new one exists.
+    `out_dir` must belong to one model (the pipeline uses `<data root>/embeddings/<MLflow run id>/`); `model` may be
+    a function that loads it, called only when there is something to embed."""
+    path = store_embeddings_path(out_dir, store)
+    stale = [p for p in Path(out_dir).glob(f"{store.path.parent.name}-*.parquet") if p != path]
+    if path.exists():
+        meta = pq.ParquetFile(path).metadata
+        kind = meta.schema.to_arrow_schema().field("embedding").type
+        embedded, rows, dim = False, meta.num_rows, kind.list_size
+        if rows != len(store):
+            raise InputError(f"holds {rows} rows, the pixel store {store.path} {len(store)}", source=str(path))
+    else:
+        table = pl.DataFrame({"drawing_id": store.drawing_ids, "image_path": store.image_paths},
+                             schema={"drawing_id": pl.String, "image_path": pl.String})
+        if not isinstance(model, torch.nn.Module):
+            model = model()
+        _, rows, dim = embed_to_parquet(model, table, path, stats=stats, pixel_store=store, **embed_options)
+        embedded = True
+    for old in stale:
+        old.unlink(missing_ok=True)
+    return StoreEmbeddings(path, rows, dim, embedded, stale)
+
+
+def read_embeddings(path: str | os.PathLike | Sequence[str | os.PathLike],
+                    ids: Sequence[str] | pl.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an embeddings Parquet (or several: the pipeline's year files, in the order given) → (drawing ids as a
+    str array, [N, D] float32 vectors); with `ids`, only those rows (filtered while reading, so the rest of a
+    multi-million-row corpus never enters memory)."""
+    if not isinstance(path, (str, os.PathLike)):
+        files = [str(p) for p in path]
+        if not files:
+            raise InputError("no embeddings files to read", source="read_embeddings")
+        if len(files) > 1:
+            parts = [read_embeddings(f, ids) for f in files]
+            return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+        path = files[0]
     try:
         if ids is None:
             table = pq.read_table(path)

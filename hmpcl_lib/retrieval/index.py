@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -266,18 +266,54 @@ class VectorIndex:
         that need training train on a `seed`-drawn sample of max(`train_size`, 39 * nlist) rows (deterministic);
         HNSW is CPU only.
         """
-        faiss = _faiss()
         ids = np.asarray(ids).astype(str)
         vectors = check_normalised(vectors, source="index vectors", ids=ids)
         if ids.ndim != 1 or len(ids) != len(vectors):
             raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source="index ids")
-        unique, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
-        n, dim = vectors.shape
+        return cls.build_in_parts([lambda: (ids, vectors)], len(ids), kind=kind, nlist=nlist, hnsw_m=hnsw_m,
+                                  use_gpu=use_gpu, nprobe=nprobe, ef_search=ef_search,
+                                  ef_construction=ef_construction, train_size=train_size, seed=seed, rules=rules,
+                                  dim=vectors.shape[1] if vectors.ndim == 2 else 0)
+
+    @classmethod
+    def build_in_parts(
+        cls,
+        parts: Sequence[Callable[[], tuple[Any, Any]]],
+        n: int,
+        kind: IndexKind = "auto",
+        nlist: int | None = None,
+        hnsw_m: int = 32,
+        use_gpu: bool | Literal["auto"] = "auto",
+        nprobe: int = 16,
+        ef_search: int = 64,
+        ef_construction: int = 80,
+        train_size: int = 100_000,
+        seed: int = 0,
+        rules: Sequence[AutoRule | tuple[int | None, str, str]] | None = None,
+        dim: int = 0,
+        names: Sequence[str] | None = None,
+    ) -> "VectorIndex":
+        """`build` over a corpus read part by part (the pipeline's year files): `parts[i]()` returns that part's
+        (ids, unit vectors) and `n` is the rows of all parts. An index that needs training trains on the same
+        `seed`-drawn rows `build` would draw from the parts joined, read one part at a time; the vectors are then
+        added part by part. Memory: the largest part, the training sample and what faiss holds, never the corpus's
+        vectors twice. `names` label the parts in errors (a part whose size is not the one counted, a duplicate id)."""
+        faiss = _faiss()
+        names = list(names) if names is not None else [f"part {i}" for i in range(len(parts))]
         factory, params_text = resolve_kind(kind, n, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                                             ef_search=ef_search, rules=rules)
         params = parse_search_params(params_text)
+
+        def read(i: int) -> tuple[np.ndarray, np.ndarray]:
+            ids, vectors = parts[i]()
+            ids = np.asarray(ids).astype(str)
+            vectors = check_normalised(vectors, source=f"index vectors ({names[i]})", ids=ids)
+            if ids.ndim != 1 or len(ids) != len(vectors):
+                raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source=names[i])
+            return ids, vectors
+
+        first = read(0) if parts else (np.array([], str), np.zeros((0, dim), np.float32))
+        dim = first[1].shape[1] if len(first[1]) or not dim else dim
         index = _make_index(faiss, dim, factory)
         meta = IndexMeta(kind=index_family(factory), dim=dim, ntotal=n, factory=factory)
         ivf = faiss.try_extract_index_ivf(index)
@@ -291,16 +327,39 @@ class VectorIndex:
         if hasattr(index, "hnsw"):
             index.hnsw.efConstruction = ef_construction
             meta.hnsw_m = int(index.hnsw.nb_neighbors(1))
+        cached = {0: first}  # one part held at a time: the first is read once for its dimension
+
+        def part(i: int) -> tuple[np.ndarray, np.ndarray]:
+            got = cached.pop(i) if i in cached else read(i)
+            return got
+
         if not index.is_trained:
             train_n = max(train_size, 39 * (meta.nlist or 1))  # faiss k-means wants >= 39 points per list
-            rows = np.sort(np.random.default_rng(seed).permutation(n)[:train_n]) if n > train_n else slice(None)
+            chosen = np.sort(np.random.default_rng(seed).permutation(n)[:train_n]) if n > train_n else np.arange(n)
+            sample, offset = [], 0
+            for i in range(len(parts)):
+                ids, vectors = part(i)
+                local = chosen[(chosen >= offset) & (chosen < offset + len(ids))] - offset
+                sample.append(vectors[local])
+                offset += len(ids)
             try:
-                index.train(vectors[rows])
+                index.train(np.concatenate(sample) if sample else np.zeros((0, dim), np.float32))
             except RuntimeError as exc:
                 raise InputError(f"cannot train {factory!r} on {min(n, train_n)} vectors: {_faiss_reason(exc)}",
                                  source="index kind") from exc
-        if n:
-            index.add(vectors)
+            del sample
+        all_ids = []
+        for i in range(len(parts)):
+            ids, vectors = part(i)
+            if len(ids):
+                index.add(vectors)
+            all_ids.append(ids)
+        ids = np.concatenate(all_ids) if all_ids else np.array([], str)
+        if len(ids) != n:
+            raise InputError(f"the parts hold {len(ids)} vectors, {n} were counted", source=", ".join(names))
+        unique, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise InputError("duplicate drawing id in index", source="index ids", record=str(unique[counts > 1][0]))
         meta.record_params(params)
         _apply_search_params(index, meta.search_params)
         return cls._placed(index, ids, meta, use_gpu)

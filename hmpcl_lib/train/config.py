@@ -72,8 +72,10 @@ class TrainConfig:
     # DataLoader worker processes; None: auto (0 with a pixel store, whose batches cost little next to a CPU step;
     # else from the CPU count, to decode PNGs beside the step)
     num_workers: int | None = None
-    # a pixel store directory (hmpcl_lib.modeling.pixels.ensure_pixel_store) holding every image_path of the table
-    # at image_size: PNGs are then never decoded. "" = decode the PNGs every epoch.
+    # a pixel store directory (hmpcl_lib.modeling.pixels.ensure_pixel_store), or several joined by os.pathsep (the
+    # pipeline's per-year stores), holding every image_path of the table at image_size: drawings are then never
+    # decoded again; what the pipeline and `hmpcl sweep` train from. "" = decode the PNGs every epoch: for a table
+    # with no store (`hmpcl-train` on a folder of your own), at the cost of one decode per drawing per epoch.
     pixel_store: str = ""
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"

@@ -10,7 +10,7 @@ from hmpcl_lib.retrieval.embedding import read_embeddings
 from hmpcl_lib.taxonomy.hierarchy import lic_coverage
 from pipelines.defs.assets.data import decoded_drawings, lic_hierarchy, splits
 from pipelines.defs.assets.comparison import model_comparison
-from pipelines.defs.assets.retrieval import Benchmark, Embeddings, corpus_embeddings, retrieval_benchmark
+from pipelines.defs.assets.retrieval import Benchmark, corpus_embeddings, retrieval_benchmark
 from pipelines.defs.resources import DataStore
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -61,18 +61,24 @@ def lic_coverage_ratio(store: DataStore) -> dg.AssetCheckResult:
                                          "threshold": dg.MetadataValue.float(store.min_lic_coverage)})
 
 
+def _partition_metadata(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dict:
+    """The metadata of the latest materialization of the check's partition of `key` (this run's, when it ran)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1, ascending=False)
+    return records.records[0].asset_materialization.metadata if records.records else {}
+
+
 @dg.asset_check(asset=decoded_drawings, blocking=True)
-def pixel_store_matches_hierarchy(context: dg.AssetCheckExecutionContext, store: DataStore) -> dg.AssetCheckResult:
-    """The pixel store holds exactly the hierarchy's drawings, unchanged on disk since they were decoded."""
-    event = context.instance.get_latest_materialization_event(decoded_drawings.key)
-    path = event.asset_materialization.metadata.get("path") if event else None
-    if path is None:  # decode_once is off: nothing to check
-        return dg.AssetCheckResult(passed=True, metadata={"decode_once": False})
+def pixel_store_matches_drawings(context: dg.AssetCheckExecutionContext, store: DataStore) -> dg.AssetCheckResult:
+    """The year's pixel store holds exactly the year's parsed drawings, unchanged on disk since they were decoded."""
+    return pixel_store_report(store, context.partition_key,
+                              _partition_metadata(context, decoded_drawings.key)["path"].value)
+
+
+def pixel_store_report(store: DataStore, year: str, path: str) -> dg.AssetCheckResult:
     from hmpcl_lib.modeling.pixels import PixelStore
 
-    report = PixelStore.open(path.value).verify(pl.read_parquet(store.layout.hierarchy_path,
-                                                                columns=["drawing_id", "image_path"]),
-                                                check_files=True)
+    report = PixelStore.open(path).verify(store.year_drawings(year), check_files=True)
     return dg.AssetCheckResult(passed=report["ok"], severity=ERROR,
                                metadata={"problems": _examples(report["problems"]), "count": report["count"],
                                          "path": dg.MetadataValue.path(report["path"])})
@@ -98,11 +104,17 @@ def test_split_has_queries(store: DataStore) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=corpus_embeddings, blocking=True)
-def embeddings_finite_and_normalised(corpus_embeddings: Embeddings) -> dg.AssetCheckResult:
-    _, vectors = read_embeddings(corpus_embeddings.path)
+def embeddings_finite_and_normalised(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Every vector of the year's embeddings file is finite and of unit norm."""
+    path = _partition_metadata(context, corpus_embeddings.key)["path"].value
+    return embeddings_report(path)
+
+
+def embeddings_report(path: str) -> dg.AssetCheckResult:
+    _, vectors = read_embeddings(path)
     problems = quality.embedding_problems(vectors)
     return dg.AssetCheckResult(passed=problems["non_finite_rows"] == 0 and problems["bad_norm_rows"] == 0,
-                               severity=ERROR, metadata=problems)
+                               severity=ERROR, metadata={**problems, "path": dg.MetadataValue.path(path)})
 
 
 @dg.asset_check(asset=retrieval_benchmark, blocking=True)
@@ -133,6 +145,6 @@ def fine_tuning_beats_pretrained(model_comparison: pl.DataFrame) -> dg.AssetChec
                                          "worse_than_pretrained": dg.MetadataValue.json(worse)})
 
 
-ALL_CHECKS = [hierarchy_schema_and_counts, unique_drawing_ids, images_exist, lic_coverage_ratio, pixel_store_matches_hierarchy,
+ALL_CHECKS = [hierarchy_schema_and_counts, unique_drawing_ids, images_exist, lic_coverage_ratio, pixel_store_matches_drawings,
               no_patent_in_two_splits, test_split_has_queries, embeddings_finite_and_normalised,
               metrics_in_unit_range, fine_tuning_beats_pretrained]

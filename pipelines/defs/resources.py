@@ -31,12 +31,6 @@ class DataStore(dg.ConfigurableResource):
     doi: str = "doi:10.7910/DVN/UG4SBD"
     uspto_xml_dir: str = Field(default_factory=lambda: _env("HMPCL_USPTO_XML_DIR", ""),
                                description="folder of USPTO weekly grant XML files (ipgYYMMDD.xml) for real data")
-    decode_once: bool = Field(default_factory=lambda: _env("HMPCL_DECODE_ONCE", "1") not in ("0", "false"),
-                              description="embed from the decoded pixel store (decoded_drawings), not PNGs")
-    train_from_pixels: bool = Field(
-        default_factory=lambda: _env("HMPCL_TRAIN_FROM_PIXELS", "0") not in ("0", "false"),
-        description="train from the pixel store too (for GPUs, where PNG decoding is the ceiling); off by default: "
-                    "on the sample its batched augmentation gave lower retrieval scores than the PNG path")
     max_bad_fraction: float = 0.05
     min_lic_coverage: float = Field(default=0.9, description="lic_hierarchy check: share of drawings with a LIC code")
     # the generated corpus's size: SampleSpec's own defaults, settable from the launchpad
@@ -64,14 +58,33 @@ class DataStore(dg.ConfigurableResource):
                           views=(self.sample_views_min, self.sample_views_max), years=tuple(self.sample_years),
                           image_size=self.sample_image_size, seed=self.sample_seed)
 
-    def pixels(self, rows, image_size: int):
-        """The decoded pixel store of `rows` at `image_size` (built once, then reused; see
-        hmpcl_lib.modeling.pixels), or None when `decode_once` is off and PNGs are read instead."""
-        if not self.decode_once:
-            return None
+    def year_drawings(self, year: str | int):
+        """(drawing_id, image_path) of every parsed drawing of the year: what its pixel store holds."""
+        import polars as pl
+
+        path = self.layout.drawings_path(year)
+        if not path.exists():
+            raise dg.Failure(f"year {year} is not parsed ({path} is missing): materialize `drawings` for it first")
+        return pl.read_parquet(path, columns=["drawing_id", "image_path"])
+
+    def year_pixels(self, year: str | int, image_size: int):
+        """The year's pixel store at `image_size` (hmpcl_lib.modeling.pixels): keyed by that year's own files, so
+        built once and reused whatever the labels, the splits, the model or the other years do."""
         from hmpcl_lib.modeling.pixels import ensure_pixel_store
 
-        return ensure_pixel_store(rows, self.layout.root, image_size)
+        return ensure_pixel_store(self.year_drawings(year), self.layout.root, image_size,
+                                  group=self.layout.year_group(year))
+
+    def pixels(self, image_size: int):
+        """Every parsed year's pixel store at `image_size`, read as one (`PixelStoreSet`): what training, validation
+        and the benchmarks read. A year whose store is missing or stale is decoded here (logged), so a caller never
+        reads pixels that are not the year's files; the pipeline's `decoded_drawings` partitions build them first."""
+        from hmpcl_lib.modeling.pixels import PixelStoreSet
+
+        years = self.layout.years()
+        if not years:
+            raise dg.Failure("no parsed drawings yet: materialize `drawings` for at least one year first")
+        return PixelStoreSet([self.year_pixels(year, image_size) for year in years])
 
     def uspto_dir(self) -> Path:
         return Path(self.uspto_xml_dir).expanduser().resolve() if self.uspto_xml_dir else self.layout.uspto_dir

@@ -1,5 +1,10 @@
-"""A sensor that starts `retrain` when new drawings land: a new year partition, or a year whose parsed table's
-content changed.
+"""Sensors that chain the jobs: a year lands (`ingest_year`: parsed and decoded) → that year embedded by the current
+model (`embed_year`) → the index; a new model → every year embedded → index, benchmark and champion (`publish`).
+
+`new_drawings_sensor` starts `embed_year` for each year whose parsed table is new or changed; `corpus_follow_up`
+watches finished runs: after `retrain` / `full_pipeline` it starts `embed_year` for every parsed year (the re-embed
+backfill; unchanged pixels are not decoded again), and after an `embed_year` run it starts `refresh_index` (a model
+already benchmarked: the index only) or `publish` once every year is embedded by the current model.
 
 Content, not row counts: the `drawings` asset records the SHA-256 of the year's Parquet file as it wrote it
 (`content_sha256` metadata and the materialization's data version, `pipelines.metadata.content_metadata`). The writer
@@ -15,7 +20,8 @@ import json
 
 import dagster as dg
 
-from pipelines.defs.jobs import retrain
+from pipelines.defs.jobs import embed_year, full_pipeline, publish, refresh_index, retrain
+from pipelines.defs.resources import DataStore
 from pipelines.metadata import CONTENT_DIGEST
 
 DRAWINGS = dg.AssetKey("drawings")
@@ -40,7 +46,7 @@ def _digest(record) -> str | None:
     return str(value.value) if value is not None else None
 
 
-@dg.sensor(job=retrain, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(job=embed_year, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
 def new_drawings_sensor(context: dg.SensorEvaluationContext):
     """Cursor: the last event-log storage id read and the content digest (SHA-256 of the Parquet file) per year.
     A cursor from before the digests (`{"after", "rows"}`) keeps its position; each year's next materialization then
@@ -57,4 +63,52 @@ def new_drawings_sensor(context: dg.SensorEvaluationContext):
     context.update_cursor(json.dumps({"after": last_id, "sha256": digests}, sort_keys=True))
     if not changed:
         return dg.SkipReason("drawings re-materialized with the same content (same SHA-256 per year)")
-    return dg.RunRequest(run_key=f"drawings-{last_id}", tags={"hmpcl/changed_years": ",".join(changed)})
+    return [dg.RunRequest(run_key=f"drawings-{last_id}-{year}", partition_key=year,
+                          tags={"hmpcl/changed_years": ",".join(changed)}) for year in changed]
+
+
+TRAINED_ENCODER = dg.AssetKey("trained_encoder")
+MODEL_JOBS = (retrain.name, full_pipeline.name)
+
+
+def follow_up_requests(finished_job: str, finished_run: str, years: list[str], model_run: str | None,
+                       embedded_years: set[str], benchmarked: bool) -> list[dg.RunRequest] | dg.SkipReason:
+    """What follows a finished run (the rule of `corpus_follow_up`, kept apart to be tested as it is):
+    - a model job → `embed_year` for every parsed year (reused where the model and the pixels are unchanged);
+    - a `embed_year` run → once every parsed year is embedded by the current model (`model_run`), `refresh_index`
+      when that model is already benchmarked, else `publish`; until then a skip naming the years still to embed.
+    Run keys are unique per finished run (and per year), so a tick that is evaluated twice starts nothing twice."""
+    if finished_job in MODEL_JOBS:
+        if not years:
+            return dg.SkipReason("no parsed years to embed")
+        return [dg.RunRequest(run_key=f"{finished_run}-{year}", partition_key=year, job_name=embed_year.name,
+                              tags={"hmpcl/after_run": finished_run}) for year in years]
+    if model_run is None:
+        return dg.SkipReason("no trained_encoder materialization yet: nothing to index")
+    waiting = [year for year in years if year not in embedded_years]
+    if waiting:
+        return dg.SkipReason(f"years {waiting} are not embedded by model run {model_run} yet")
+    job = refresh_index if benchmarked else publish
+    return [dg.RunRequest(run_key=f"{job.name}-{finished_run}", job_name=job.name,
+                          tags={"hmpcl/after_run": finished_run, "hmpcl/model_run": model_run})]
+
+
+def current_model_run(instance: dg.DagsterInstance) -> str | None:
+    """The MLflow run id of the latest `trained_encoder` materialization (the model `corpus_embeddings` uses)."""
+    event = instance.get_latest_materialization_event(TRAINED_ENCODER)
+    value = event.asset_materialization.metadata.get("mlflow_run_id") if event else None
+    return str(value.value) if value is not None else None
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[retrain, full_pipeline, embed_year],
+                      request_jobs=[embed_year, publish, refresh_index], minimum_interval_seconds=30,
+                      default_status=dg.DefaultSensorStatus.STOPPED)
+def corpus_follow_up(context: dg.RunStatusSensorContext, store: DataStore):
+    """After a model job: every year embedded. After a year embedded: the index (and the benchmark and champion for a
+    model not benchmarked yet) once every year is embedded by the current model. See `follow_up_requests`."""
+    layout, run = store.layout, context.dagster_run
+    model_run = current_model_run(context.instance)
+    years = layout.years()
+    embedded = {y for y in years if model_run and layout.year_embeddings_paths(model_run, y)}
+    benchmarked = bool(model_run) and layout.benchmark_path(model_run).exists()
+    return follow_up_requests(run.job_name, run.run_id, years, model_run, embedded, benchmarked)

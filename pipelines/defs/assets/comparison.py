@@ -70,7 +70,7 @@ def variant_benchmark(context: dg.AssetExecutionContext, variant_encoder: Traine
     hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
     model = tracking.load_model(cfg, variant_encoder.model_uri)
     size = int(variant_encoder.params.get("image_size", 128))
-    results = evaluate_protocols(model, hier, spl, size, protocols=PROTOCOLS, pixel_store=store.pixels(hier, size))
+    results = evaluate_protocols(model, hier, spl, size, protocols=PROTOCOLS, pixel_store=store.pixels(size))
     overall = {p: log_benchmark(r, variant_encoder.run_id, cfg, "variant_benchmark") for p, r in results.items()}
     tracking.activate(cfg)
     with mlflow.start_run(run_id=variant_encoder.run_id):

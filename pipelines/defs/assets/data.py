@@ -172,31 +172,33 @@ class PixelConfig(dg.Config):
     image_size: int = TrainConfig.image_size  # the training default; other sizes are decoded when a run asks for them
 
 
-@dg.asset(deps=[lic_hierarchy], group_name="data", kinds={"numpy"})
+@dg.asset(partitions_def=year_partitions, deps=[drawings], group_name="data", kinds={"numpy"})
 def decoded_drawings(context: dg.AssetExecutionContext, config: PixelConfig, store: DataStore) -> dg.MaterializeResult:
-    """Every drawing decoded once, letterboxed to the image size (eval pixels) and with a crop margin (train pixels),
-    as memory-mapped uint8 arrays keyed by the size and the hierarchy's fingerprint: embedding (and training, with
-    `train_from_pixels`) reads these instead of decoding PNGs again (hmpcl_lib.modeling.pixels). Reused while the
-    hierarchy is unchanged. Off with `decode_once: false` on the store resource (HMPCL_DECODE_ONCE=0)."""
-    if not store.decode_once:
-        return dg.MaterializeResult(metadata={"decode_once": False})
+    """The year's drawings decoded once, letterboxed to the image size (eval pixels) and with a crop margin (train
+    pixels), as memory-mapped uint8 arrays (hmpcl_lib.modeling.pixels) under `pixels/year=<year>/`. Keyed by the
+    year's own files (drawing ids, paths, sizes, mtimes): built when the year lands or its files change, and reused
+    whatever the labels, the splits, the model or the other years do. Training, embedding and the benchmarks read
+    these stores instead of decoding drawings again. The data version is the key, so an unchanged year reads as
+    unchanged downstream."""
     from hmpcl_lib.modeling.pixels import prune_pixel_stores
 
-    hier = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"])
+    year = context.partition_key
     started = time.perf_counter()
-    pixels = store.pixels(hier, config.image_size)
+    pixels = store.year_pixels(year, config.image_size)
     seconds = time.perf_counter() - started
-    # a rebuilt store replaces the older ones of the same size (an older hierarchy); other sizes and builds in
+    group = store.layout.year_group(year)
+    # a rebuilt store replaces the year's older ones of the same size (older files); other sizes and builds in
     # progress (temp folders) are left alone
     others = [p for p in pixels.path.parent.iterdir() if not p.name.startswith(f"{pixels.image_size}-")]
-    pruned = prune_pixel_stores(store.layout.root, keep=[pixels.path, *others]) if pixels.built else []
-    return dg.MaterializeResult(metadata={
+    pruned = prune_pixel_stores(store.layout.root, keep=[pixels.path, *others], group=group) if pixels.built else []
+    return dg.MaterializeResult(data_version=dg.DataVersion(pixels.fingerprint), metadata={
         "path": dg.MetadataValue.path(str(pixels.path)),
         "dagster/row_count": len(pixels),
         "image_size": pixels.image_size,
         "train_side": pixels.train_side,
         "fingerprint": pixels.fingerprint,
         "built": pixels.built,
+        "drawings_decoded": len(pixels) if pixels.built else 0,
         "seconds": dg.MetadataValue.float(round(seconds, 2)),
         **({"drawings_per_s": dg.MetadataValue.float(round(len(pixels) / seconds, 1))} if pixels.built else {}),
         "megabytes": dg.MetadataValue.float(round(pixels.verify()["bytes"] / 2**20, 1)),

@@ -14,6 +14,7 @@ from hmpcl_lib.io import atomic_path, file_sha256, markdown_table
 from hmpcl_lib.retrieval.metrics import METRIC_COLUMNS
 from pipelines.launchers import GPU_POD_TAGS
 from pipelines.metadata import image_markdown
+from pipelines.defs.assets.data import decoded_drawings, year_partitions
 from pipelines.defs.resources import DataStore, MlflowTracking
 
 HEADLINE = METRIC_COLUMNS  # the benchmark metrics shown in Dagster and logged for comparisons
@@ -32,47 +33,74 @@ def _image_size(model: TrainedModel) -> int:
     return int(model.params.get("image_size", 128))
 
 
-@dataclass(frozen=True)
-class Embeddings:
-    path: str
-    run_id: str
-    rows: int
-    dim: int
+def year_embeddings(store: DataStore, run_id: str, image_size: int) -> list[Path]:
+    """The embeddings file of every parsed year by the model of `run_id`, in year order; a `dg.Failure` naming the
+    years still to embed (a year never embedded by this model, or embedded from pixels rebuilt since)."""
+    layout, files, missing, stale = store.layout, [], [], []
+    for year in layout.years():
+        found = layout.year_embeddings_paths(run_id, year)
+        if not found:
+            missing.append(year)
+            continue
+        key = found[-1].stem.rsplit("-", 1)[1]  # year=<year>-<pixels key>: the store it was embedded from
+        if not (layout.root / "pixels" / layout.year_group(year) / f"{image_size}-{key}").is_dir():
+            stale.append(year)
+        files.append(found[-1])
+    if missing or stale:
+        raise dg.Failure(
+            f"the corpus embeddings of run {run_id} are not complete: years {missing + stale} "
+            f"({len(missing)} never embedded by this model, {len(stale)} embedded from pixels rebuilt since). "
+            "Materialize those partitions of corpus_embeddings (the embed_year job, or a backfill in the UI).",
+            metadata={"missing_years": dg.MetadataValue.json(missing), "stale_years": dg.MetadataValue.json(stale)})
+    return files
 
 
-@dg.asset(group_name="retrieval", pool="gpu", op_tags=GPU_POD_TAGS, kinds={"pytorch", "parquet"})
+@dg.asset(partitions_def=year_partitions, deps=[decoded_drawings], group_name="retrieval", pool="gpu",
+          op_tags=GPU_POD_TAGS, kinds={"pytorch", "parquet"})
 def corpus_embeddings(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
-                      mlflow_tracking: MlflowTracking) -> dg.Output[Embeddings]:
-    """Every drawing of the hierarchy embedded by the trained encoder (batched inference, GPU + bf16 when present)."""
-    from hmpcl_lib.retrieval.embedding import EmbedStats, embed_to_parquet
+                      mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    """The year's drawings embedded by the trained encoder (batched inference, GPU + bf16 when present) from the
+    year's pixel store, into `embeddings/<run id>/year=<year>-<pixels key>.parquet`. Keyed by (model, the year's
+    pixels): a new year embeds only itself, an unchanged year with the same model is not embedded again, and a new
+    model re-embeds the years as a backfill of these partitions (run several at a time by the run queue). Written
+    chunk by chunk into a temp file renamed when complete: a run killed part-way leaves nothing, and its rerun redoes
+    that year only."""
+    from hmpcl_lib.retrieval.embedding import EmbedStats, ensure_store_embeddings
 
-    hier = pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"])
-    model = tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri)
     size = _image_size(trained_encoder)
-    # chunk by chunk into one Parquet file: memory holds one chunk of vectors at any corpus size
+    pixels = store.year_pixels(context.partition_key, size)
     stats = EmbedStats()
-    path, rows, dim = embed_to_parquet(model, hier, store.layout.embeddings_path(trained_encoder.run_id),
-                                       stats=stats, image_size=size, pixel_store=store.pixels(hier, size))
-    value = Embeddings(str(path), trained_encoder.run_id, rows, dim)
-    return dg.Output(value, metadata={"dagster/row_count": rows, "dim": dim,
-                                      "images_per_s": dg.MetadataValue.float(round(stats.images_per_s, 1)),
-                                      "path": dg.MetadataValue.path(str(path)),
-                                      "mlflow_run_id": trained_encoder.run_id})
+    done = ensure_store_embeddings(lambda: tracking.load_model(mlflow_tracking.config, trained_encoder.model_uri),
+                                   pixels, store.layout.embeddings_dir(trained_encoder.run_id), stats=stats)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(f"{trained_encoder.run_id}-{pixels.fingerprint[:16]}"),
+        metadata={"dagster/row_count": done.rows, "dim": done.dim, "embedded": done.embedded,
+                  "drawings_embedded": stats.n_images,
+                  **({"images_per_s": dg.MetadataValue.float(round(stats.images_per_s, 1))} if done.embedded else {}),
+                  "path": dg.MetadataValue.path(str(done.path)), "pixels": dg.MetadataValue.path(str(pixels.path)),
+                  "mlflow_run_id": trained_encoder.run_id, "replaced_files": len(done.removed)})
 
 
-@dg.asset(group_name="retrieval", kinds={"faiss"})
-def gallery_index(context: dg.AssetExecutionContext, corpus_embeddings: Embeddings,
+@dg.asset(deps=[corpus_embeddings], group_name="retrieval", kinds={"faiss"})
+def gallery_index(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
                   store: DataStore) -> dg.Output[str]:
-    """A FAISS inner-product index over the whole corpus: what `hmpcl-search` queries."""
+    """A FAISS inner-product index over every year's embeddings by the trained encoder: what `hmpcl-search` and
+    `hmpcl serve` query. Trained (IVF) on a seeded sample and filled year by year: memory holds one year's vectors
+    and what faiss keeps, not the corpus's twice."""
+    import pyarrow.parquet as pq
+
     from hmpcl_lib.retrieval.embedding import read_embeddings
     from hmpcl_lib.retrieval.index import VectorIndex
 
-    ids, vectors = read_embeddings(corpus_embeddings.path)
-    index = VectorIndex.build(ids, vectors)
-    out = store.layout.index_dir(corpus_embeddings.run_id)
+    files = year_embeddings(store, trained_encoder.run_id, _image_size(trained_encoder))
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    index = VectorIndex.build_in_parts([lambda f=f: read_embeddings(f) for f in files], sum(rows),
+                                       names=[str(f) for f in files])
+    out = store.layout.index_dir(trained_encoder.run_id)
     index.save(out)
     return dg.Output(str(out), metadata={
-        "vectors": len(ids), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out)),
+        "vectors": len(index), "kind": index.meta.kind, "path": dg.MetadataValue.path(str(out)),
+        "vectors_per_year": dg.MetadataValue.json({f.stem.split("-")[0]: n for f, n in zip(files, rows)}),
         "search_it": dg.MetadataValue.md(SEARCH_HOWTO.format(index=out)),
     })
 
@@ -119,9 +147,8 @@ def _query_grids(result, hierarchy: pl.DataFrame, out: Path, n: int = 3, k: int 
     return grids
 
 
-@dg.asset(group_name="retrieval", kinds={"mlflow"})
-def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: TrainedModel,
-                        corpus_embeddings: Embeddings, store: DataStore,
+@dg.asset(deps=[corpus_embeddings], group_name="retrieval", kinds={"mlflow"})
+def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: TrainedModel, store: DataStore,
                         mlflow_tracking: MlflowTracking) -> dg.Output[Benchmark]:
     """SPEC metrics (patent mAP, R@k, MRR@10, subclass/class mAP@100, graded nDCG@10), overall and per main class,
     logged to the model's MLflow run with plots and query/top-k grids. Headline protocol (first drawing of each test
@@ -136,7 +163,8 @@ def retrieval_benchmark(context: dg.AssetExecutionContext, trained_encoder: Trai
     test = spl.filter(pl.col("split") == "test")["drawing_id"]
     hier = pl.read_parquet(store.layout.hierarchy_path, columns=[*LABEL_COLUMNS, "image_path"]).filter(
         pl.col("drawing_id").is_in(test.implode()))
-    embeddings = read_embeddings(corpus_embeddings.path, ids=test)  # the test split's vectors, not the corpus's
+    files = year_embeddings(store, trained_encoder.run_id, _image_size(trained_encoder))
+    embeddings = read_embeddings(files, ids=test)  # the test split's vectors, year by year, not the corpus's
     result = benchmark_embeddings(embeddings, hier, spl)
     overall = log_benchmark(result, trained_encoder.run_id, cfg, "retrieval_benchmark")
     loo = benchmark_embeddings(embeddings, hier, spl, protocol="leave_one_out")
@@ -191,7 +219,7 @@ def champion_model(context: dg.AssetExecutionContext, trained_encoder: TrainedMo
             model = tracking.load_model(cfg, f"models:/{cfg.registered_model}/{champ.version}")
             hier, spl = pl.read_parquet(store.layout.hierarchy_path), pl.read_parquet(store.layout.splits_path)
             size = _image_size(trained_encoder)
-            champ_value = overall_metrics(evaluate_model(model, hier, spl, size, pixel_store=store.pixels(hier, size))
+            champ_value = overall_metrics(evaluate_model(model, hier, spl, size, pixel_store=store.pixels(size))
                                           .metrics)["patent_map"]
     decision = tracking.promote_if_better(cfg, str(version.version), candidate, champ_value)
     context.log.info(f"champion decision for v{version.version}: {decision.reason}")

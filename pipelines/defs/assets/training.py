@@ -6,7 +6,6 @@ import dataclasses
 import warnings
 
 import dagster as dg
-import polars as pl
 import pydantic
 
 from hmpcl_lib.experiments.runs import TrainedModel
@@ -33,11 +32,8 @@ def train_through_launcher(context: dg.AssetExecutionContext, train_config: Trai
     from hmpcl_lib.tracking import run_url
 
     tracking_cfg = mlflow_tracking.config
-    if store.train_from_pixels and not train_config.pixel_store:  # the hierarchy's pixel store (reused if built)
-        pixels = store.pixels(pl.read_parquet(store.layout.hierarchy_path, columns=["drawing_id", "image_path"]),
-                              train_config.image_size)
-        if pixels is not None:
-            train_config = dataclasses.replace(train_config, pixel_store=str(pixels.path))
+    if not train_config.pixel_store:  # the years' pixel stores (decoded_drawings), the one training path
+        train_config = dataclasses.replace(train_config, pixel_store=store.pixels(train_config.image_size).path)
     extras = {
         "train_config": dataclasses.asdict(train_config),
         "hierarchy_path": str(store.layout.hierarchy_path),
