@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,15 @@ def files_of(data: Path, year: int) -> dict[str, tuple[int, int]]:
     group = f"year={year}"
     paths = [*(data / "pixels" / group).rglob("*"), *(data / "embeddings").rglob(f"{group}-*")]
     return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths if p.is_file()}
+
+
+def fail_dead_runs(env: dict) -> None:
+    """What Dagster's run monitoring does for a run whose worker died: mark it failed and free the `gpu` pool slot its
+    step held (without it the rerun waits on the pool forever: found by this benchmark)."""
+    code = ("import dagster as dg; i = dg.DagsterInstance.get()\n"
+            "for r in i.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):\n"
+            "    i.report_run_failed(r); i.event_log_storage.free_concurrency_slots_for_run(r.run_id)")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=sb.REPO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             stage("new year", asset, new)
         if args.kill_after:
             stage("new year", "corpus_embeddings", new, kill_after=args.kill_after)
+            fail_dead_runs(env)
         stage("new year", "corpus_embeddings", new)
         stage("new year", "gallery_index")
         untouched = {year: files_of(data, year) == before[year] for year in old}
