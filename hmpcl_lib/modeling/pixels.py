@@ -302,14 +302,8 @@ class PixelStore:
             self._position = {}
             for i, p in enumerate(self.image_paths):
                 self._position.setdefault(p, i)
-        out = np.empty(len(image_paths), dtype=np.int64)
-        for k, p in enumerate(image_paths):
-            i = self._position.get(str(p))
-            if i is None:
-                raise InputError(f"not in the pixel store {self.path} (rebuild it with ensure_pixel_store for this "
-                                 "table)", source=str(p), record=f"#{k}")
-            out[k] = i
-        return out
+        return _rows_of(self._position, image_paths, f"not in the pixel store {self.path} (rebuild it with "
+                                                     "ensure_pixel_store for this table)")
 
     def verify(self, rows: Any = None, check_files: bool = False) -> dict[str, Any]:
         """Consistency facts for an asset check: {'ok': bool, 'problems': [...], 'count': N, ...}.
@@ -518,13 +512,18 @@ class PixelStoreSet:
             for offset, store in zip(self.offsets, self.stores):
                 for i, p in enumerate(store.image_paths):
                     self._position.setdefault(p, int(offset) + i)
-        out = np.empty(len(image_paths), dtype=np.int64)
-        for k, p in enumerate(image_paths):
-            i = self._position.get(str(p))
-            if i is None:
-                raise InputError(f"in none of the pixel stores {self.path}", source=str(p), record=f"#{k}")
-            out[k] = i
-        return out
+        return _rows_of(self._position, image_paths, f"in none of the pixel stores {self.path}")
+
+
+def _rows_of(position: dict[str, int], image_paths: Sequence[str], missing: str) -> np.ndarray:
+    """The row of each image path in `position` (int64); a path it lacks is an InputError `missing`, naming it."""
+    out = np.empty(len(image_paths), dtype=np.int64)
+    for k, p in enumerate(image_paths):
+        i = position.get(str(p))
+        if i is None:
+            raise InputError(missing, source=str(p), record=f"#{k}")
+        out[k] = i
+    return out
 
 
 def open_pixel_store(store: "PixelStore | PixelStoreSet | str | os.PathLike") -> "PixelStore | PixelStoreSet":

@@ -266,14 +266,11 @@ class VectorIndex:
         that need training train on a `seed`-drawn sample of max(`train_size`, 39 * nlist) rows (deterministic);
         HNSW is CPU only.
         """
-        ids = np.asarray(ids).astype(str)
-        vectors = check_normalised(vectors, source="index vectors", ids=ids)
-        if ids.ndim != 1 or len(ids) != len(vectors):
-            raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source="index ids")
+        ids = np.asarray(ids).astype(str)  # checked with the vectors by build_in_parts, which reads this one part
         return cls.build_in_parts([lambda: (ids, vectors)], len(ids), kind=kind, nlist=nlist, hnsw_m=hnsw_m,
                                   use_gpu=use_gpu, nprobe=nprobe, ef_search=ef_search,
                                   ef_construction=ef_construction, train_size=train_size, seed=seed, rules=rules,
-                                  dim=vectors.shape[1] if vectors.ndim == 2 else 0)
+                                  names=["index"])
 
     @classmethod
     def build_in_parts(
@@ -290,11 +287,10 @@ class VectorIndex:
         train_size: int = 100_000,
         seed: int = 0,
         rules: Sequence[AutoRule | tuple[int | None, str, str]] | None = None,
-        dim: int = 0,
         names: Sequence[str] | None = None,
     ) -> "VectorIndex":
         """`build` over a corpus read part by part (the pipeline's year files): `parts[i]()` returns that part's
-        (ids, unit vectors) and `n` is the rows of all parts. An index that needs training trains on the same
+        (ids, unit vectors) and `n` is the rows of all parts (at least one part, which may be empty). An index that needs training trains on the same
         `seed`-drawn rows `build` would draw from the parts joined, read one part at a time; the vectors are then
         added part by part. Memory: the largest part, the training sample and what faiss holds, never the corpus's
         vectors twice. `names` label the parts in errors (a part whose size is not the one counted, a duplicate id)."""
@@ -307,13 +303,13 @@ class VectorIndex:
         def read(i: int) -> tuple[np.ndarray, np.ndarray]:
             ids, vectors = parts[i]()
             ids = np.asarray(ids).astype(str)
-            vectors = check_normalised(vectors, source=f"index vectors ({names[i]})", ids=ids)
+            vectors = check_normalised(vectors, source=f"{names[i]} vectors", ids=ids)
             if ids.ndim != 1 or len(ids) != len(vectors):
-                raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source=names[i])
+                raise InputError(f"{len(ids)} ids for {len(vectors)} vectors", source=f"{names[i]} ids")
             return ids, vectors
 
-        first = read(0) if parts else (np.array([], str), np.zeros((0, dim), np.float32))
-        dim = first[1].shape[1] if len(first[1]) or not dim else dim
+        cached = {0: read(0)}  # one part held at a time: the first is read once for its dimension
+        dim = cached[0][1].shape[1]
         index = _make_index(faiss, dim, factory)
         meta = IndexMeta(kind=index_family(factory), dim=dim, ntotal=n, factory=factory)
         ivf = faiss.try_extract_index_ivf(index)
@@ -327,11 +323,8 @@ class VectorIndex:
         if hasattr(index, "hnsw"):
             index.hnsw.efConstruction = ef_construction
             meta.hnsw_m = int(index.hnsw.nb_neighbors(1))
-        cached = {0: first}  # one part held at a time: the first is read once for its dimension
-
         def part(i: int) -> tuple[np.ndarray, np.ndarray]:
-            got = cached.pop(i) if i in cached else read(i)
-            return got
+            return cached.pop(i) if i in cached else read(i)
 
         if not index.is_trained:
             train_n = max(train_size, 39 * (meta.nlist or 1))  # faiss k-means wants >= 39 points per list
@@ -343,7 +336,7 @@ class VectorIndex:
                 sample.append(vectors[local])
                 offset += len(ids)
             try:
-                index.train(np.concatenate(sample) if sample else np.zeros((0, dim), np.float32))
+                index.train(np.concatenate(sample))
             except RuntimeError as exc:
                 raise InputError(f"cannot train {factory!r} on {min(n, train_n)} vectors: {_faiss_reason(exc)}",
                                  source="index kind") from exc
@@ -354,7 +347,7 @@ class VectorIndex:
             if len(ids):
                 index.add(vectors)
             all_ids.append(ids)
-        ids = np.concatenate(all_ids) if all_ids else np.array([], str)
+        ids = np.concatenate(all_ids)
         if len(ids) != n:
             raise InputError(f"the parts hold {len(ids)} vectors, {n} were counted", source=", ".join(names))
         unique, counts = np.unique(ids, return_counts=True)

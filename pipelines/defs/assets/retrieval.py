@@ -36,14 +36,18 @@ def _image_size(model: TrainedModel) -> int:
 def year_embeddings(store: DataStore, run_id: str, image_size: int) -> list[Path]:
     """The embeddings file of every parsed year by the model of `run_id`, in year order; a `dg.Failure` naming the
     years still to embed (a year never embedded by this model, or embedded from pixels rebuilt since)."""
+    from hmpcl_lib.modeling.pixels import pixel_store_path
+
     layout, files, missing, stale = store.layout, [], [], []
+    if not layout.years():
+        raise dg.Failure("no parsed drawings yet: materialize `drawings` for at least one year first")
     for year in layout.years():
         found = layout.year_embeddings_paths(run_id, year)
         if not found:
             missing.append(year)
             continue
         key = found[-1].stem.rsplit("-", 1)[1]  # year=<year>-<pixels key>: the store it was embedded from
-        if not (layout.root / "pixels" / layout.year_group(year) / f"{image_size}-{key}").is_dir():
+        if not pixel_store_path(layout.root, image_size, key, layout.year_group(year)).is_dir():
             stale.append(year)
         files.append(found[-1])
     if missing or stale:
